@@ -1,0 +1,176 @@
+"""Typed configs: YAML files plus dotted ``key.sub=value`` overrides, checked against dataclasses.
+
+Each recipe declares its config as a tree of dataclasses. :func:`load_config` reads an optional YAML file,
+applies overrides from the command line, and builds the dataclass tree. Unknown keys are errors that suggest
+the closest valid key, and values of the wrong type are errors that name the key and the expected type, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from tunekit.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
+    """Build ``cls`` from an optional YAML file and ``key.sub=value`` overrides (applied in order, last wins)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(loaded).__name__}")
+        raw = loaded or {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        _set_dotted(raw, key.strip(), _parse_scalar(value))
+    return from_dict(cls, raw)
+
+
+def from_dict(cls: type[C], raw: dict[str, Any], prefix: str = "") -> C:
+    """Build dataclass ``cls`` from a nested dict, checking every key and value type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(prefix + str(key), list(fields), prefix))
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain nested dicts, ready for YAML."""
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Any, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def all_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a config class, for docs and error messages."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys.extend(all_keys(hint, f"{prefix}{f.name}."))  # type: ignore[arg-type]
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown_key_message(key: str, valid: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+    return f"unknown config key {key!r}{hint} (valid keys here: {', '.join(prefix + v for v in valid)})"
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse an override's value the way YAML would (``1e-4`` -> float, ``true`` -> bool, ``[a,b]`` -> list)."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if value is None:
+            return hint()  # type: ignore[operator]
+        return from_dict(hint, value, prefix=key + ".")  # type: ignore[arg-type]
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        expected = " or ".join(_type_name(a) for a in args)
+        raise ConfigError(f"config key {key!r} expects {expected}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint_text = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"config key {key!r} must be {_type_name(hint)}, got {value!r}{hint_text}")
+        return value
+    if origin in (list, tuple):
+        (item_hint, *_) = typing.get_args(hint) or (Any,)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key {key!r} expects a list, got {value!r}")
+        return [_coerce(v, item_hint, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} expects a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; it is plainly meant as a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # a numeric hub revision or name; YAML read it as a number
+    else:
+        raise TypeError(f"config key {key!r} has a type tunekit cannot check: {hint!r}")
+    raise ConfigError(f"config key {key!r} expects {_type_name(hint)}, got {value!r} ({type(value).__name__})")

@@ -1,0 +1,1 @@
+"""Data: reading sources, formats, label masking, packing, collation and the embedded datasets."""

@@ -1,0 +1,104 @@
+"""Batches of examples -> padded tensors, for single examples per row or packed rows.
+
+A batch is a dict of tensors:
+
+- ``input_ids`` [B, T], ``labels`` [B, T] (IGNORE_INDEX on padding and untrained tokens),
+- ``attention_mask``: [B, T] (1 = real token) for unpacked batches, or for packed batches a boolean
+  [B, 1, T, T] block-diagonal causal mask (True = may attend) with ``position_ids`` [B, T] restarting at 0
+  in every example,
+- ``num_items``: the number of label tokens, which the runner uses to normalise the loss over a whole
+  accumulated step; ``num_tokens``: real (non-padding) tokens, for throughput; ``example_ids``: source rows.
+
+Position ids alone do not isolate packed examples in transformers' attention on the CPU; the explicit 4D mask
+does, and gives the same logits as running each example on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tunekit.data.sft import IGNORE_INDEX, Example
+
+
+def collate_examples(examples: list[Example], pad_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """One example per row, right-padded to the longest in the batch."""
+    width = _round_up(max(len(e.input_ids) for e in examples), pad_to_multiple_of)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for b, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[b, :n] = torch.tensor(example.input_ids)
+        labels[b, :n] = torch.tensor(example.labels)
+        attention_mask[b, :n] = 1
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "attention_mask": attention_mask,
+        "num_items": (labels != IGNORE_INDEX).sum(),
+        "num_tokens": attention_mask.sum(),
+        "example_ids": torch.tensor([e.index for e in examples]),
+    }
+
+
+def collate_packed(rows: list[list[Example]], pad_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """Several examples per row; each attends only within itself, with position ids restarting at 0."""
+    width = _round_up(max(sum(len(e.input_ids) for e in row) for row in rows), pad_to_multiple_of)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    # Which example each token belongs to (-1: padding).
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    for b, row in enumerate(rows):
+        start = 0
+        for s, example in enumerate(row):
+            n = len(example.input_ids)
+            input_ids[b, start : start + n] = torch.tensor(example.input_ids)
+            labels[b, start : start + n] = torch.tensor(example.labels)
+            position_ids[b, start : start + n] = torch.arange(n)
+            segment[b, start : start + n] = s
+            start += n
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "position_ids": position_ids,
+        "attention_mask": block_causal_mask(segment),
+        "num_items": (labels != IGNORE_INDEX).sum(),
+        "num_tokens": (segment >= 0).sum(),
+        "example_ids": torch.tensor([e.index for row in rows for e in row]),
+    }
+
+
+def block_causal_mask(segment: torch.Tensor) -> torch.Tensor:
+    """[B, T] segment ids (-1 = padding) -> [B, 1, T, T] bool mask: attend to earlier tokens of the same segment.
+
+    Padding positions attend to themselves only, so that no attention row is empty (an empty row gives NaN,
+    and NaN can leak into gradients even where the loss ignores it).
+    """
+    width = segment.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same = segment[:, :, None] == segment[:, None, :]
+    mask = same & causal & (segment[:, None, :] >= 0)
+    mask |= torch.eye(width, dtype=torch.bool)
+    return mask[:, None]
+
+
+def model_inputs(batch: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
+    """The keys of ``batch`` that the model's forward takes, with a 4D mask in the form its attention expects.
+
+    sdpa takes the boolean mask as it is; eager attention adds the mask to its scores, so it gets 0 / -inf.
+    """
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    mask = inputs["attention_mask"]
+    if mask.dim() == 4:
+        config = getattr(model, "config", None)
+        if getattr(config, "_attn_implementation", "sdpa") == "eager":
+            dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+            inputs["attention_mask"] = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+    return inputs
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

@@ -1,0 +1,133 @@
+"""Turning one row of a dataset into text segments marked trainable or not.
+
+A *segment list* is ``[(text, trainable), ...]``: concatenated, the segments are the full training text, and
+``trainable`` says whether the loss is taken on that segment's tokens. Formats:
+
+- ``text``: one segment, all trainable (continued pre-training, or plain SFT on documents).
+- ``prompt_completion``: the prompt (not trainable) then the completion and EOS (trainable). Either side may
+  also be chat messages, in which case the prompt is rendered with the chat template.
+- ``messages``: a chat rendered with the tokenizer's chat template; each assistant turn is trainable.
+
+Chat segments are found by rendering growing prefixes of the conversation, so the result is exactly the text
+the template produces, and the assistant spans are exactly what the model must learn to generate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from tunekit.errors import DataError
+
+Segment = tuple[str, bool]
+Format = Literal["text", "prompt_completion", "messages"]
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def detect_format(row: dict[str, Any], columns: dict[str, str], where: str) -> Format:
+    """Guess the format from the columns of the first row."""
+    if columns["messages"] in row:
+        return "messages"
+    if columns["prompt"] in row and columns["completion"] in row:
+        return "prompt_completion"
+    if columns["text"] in row:
+        return "text"
+    raise DataError(
+        f"{where}: cannot tell the data format from its columns {sorted(row)}; expected "
+        f"{columns['text']!r} (text), {columns['prompt']!r} + {columns['completion']!r} (prompt_completion) or "
+        f"{columns['messages']!r} (messages), or set data.format and the data.*_column keys"
+    )
+
+
+def row_segments(
+    row: dict[str, Any], fmt: Format, columns: dict[str, str], tokenizer: Any, where: str
+) -> tuple[list[Segment], bool]:
+    """Segments of ``row`` and whether a BOS token should be put in front (False when a chat template did it)."""
+    if fmt == "text":
+        return [(_string(row, columns["text"], where), True)], True
+    if fmt == "prompt_completion":
+        prompt = _column(row, columns["prompt"], where)
+        completion = _column(row, columns["completion"], where)
+        if isinstance(prompt, list):
+            prompt_text = render_chat(
+                _messages(prompt, where, columns["prompt"]), tokenizer, add_generation_prompt=True
+            )
+            completion_text = _completion_text(completion, where, columns["completion"])
+            return [(prompt_text, False), (completion_text + tokenizer.eos_token, True)], False
+        if not isinstance(prompt, str):
+            raise DataError(f"{where}: column {columns['prompt']!r} must be a string or a list of messages")
+        completion_text = _completion_text(completion, where, columns["completion"])
+        return [(prompt, False), (completion_text + tokenizer.eos_token, True)], True
+    messages = _messages(_column(row, columns["messages"], where), where, columns["messages"])
+    return chat_segments(messages, tokenizer, where), False
+
+
+def chat_segments(messages: list[dict[str, str]], tokenizer: Any, where: str) -> list[Segment]:
+    """Render ``messages`` with the chat template; assistant turns are the trainable segments."""
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{where}: the conversation has no assistant message, so there is nothing to train on")
+    segments: list[Segment] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            before = render_chat(messages[:i], tokenizer, add_generation_prompt=True) if i else ""
+            segments.append((_after(before, done, where), False))
+            done = before
+        rendered = render_chat(messages[: i + 1], tokenizer, add_generation_prompt=False)
+        segments.append((_after(rendered, done, where), message["role"] == "assistant"))
+        done = rendered
+    return [(text, trainable) for text, trainable in segments if text]
+
+
+def render_chat(messages: list[dict[str, str]], tokenizer: Any, add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _after(text: str, prefix: str, where: str) -> str:
+    if not text.startswith(prefix):
+        raise DataError(
+            f"{where}: the tokenizer's chat template renders a conversation differently from its own beginning, "
+            "so assistant turns cannot be located; use a template that renders conversations incrementally"
+        )
+    return text[len(prefix) :]
+
+
+def _completion_text(value: Any, where: str, column: str) -> str:
+    if isinstance(value, str):
+        return value
+    if (
+        isinstance(value, list)
+        and len(value) == 1
+        and isinstance(value[0], dict)
+        and value[0].get("role") == "assistant"
+    ):
+        return str(value[0].get("content", ""))
+    raise DataError(f"{where}: column {column!r} must be a string or one assistant message")
+
+
+def _column(row: dict[str, Any], column: str, where: str) -> Any:
+    if column not in row:
+        raise DataError(f"{where}: missing column {column!r} (the row has {sorted(row)})")
+    value = row[column]
+    if value is None:
+        raise DataError(f"{where}: column {column!r} is empty (null)")
+    return value
+
+
+def _string(row: dict[str, Any], column: str, where: str) -> str:
+    value = _column(row, column, where)
+    if not isinstance(value, str):
+        raise DataError(f"{where}: column {column!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _messages(value: Any, where: str, column: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: column {column!r} must be a non-empty list of messages")
+    for j, message in enumerate(value):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise DataError(f"{where}: message {j} of {column!r} needs 'role' and 'content' keys")
+        if message["role"] not in ROLES:
+            raise DataError(f"{where}: message {j} has role {message['role']!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(message["content"], str):
+            raise DataError(f"{where}: message {j} has content that is not a string")
+    return [{"role": m["role"], "content": m["content"]} for m in value]

@@ -1,0 +1,157 @@
+"""Supervised data: rows -> token ids with labels masked to the trainable segments, with truncation stats."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tunekit.data.formats import Format, detect_format, row_segments
+from tunekit.data.sources import Rows, read_rows
+from tunekit.errors import DataError
+from tunekit.losses.sft import IGNORE_INDEX
+
+
+@dataclass
+class DataConfig:
+    # A .jsonl/.json/.parquet/.csv file, a dataset directory, a hub id, or "synthetic" (tunekit's own data).
+    path: str = "synthetic"
+    split: str = "train"
+    format: Literal["auto", "text", "prompt_completion", "messages"] = "auto"
+    text_column: str = "text"
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    messages_column: str = "messages"
+    # Held-out data: a separate source, or else this fraction of the training rows (0 turns evaluation off).
+    eval_path: str | None = None
+    eval_split: str = "train"
+    eval_fraction: float = 0.05
+    # Longer examples are cut at the end; examples left with no trainable token are dropped and counted.
+    max_length: int = 512
+    # Take the loss on prompt / user tokens too, not only on completions and assistant turns.
+    train_on_prompt: bool = False
+    # Pack several examples into one row of max_length tokens; they never attend across their borders.
+    packing: bool = False
+    # Rows generated when path is "synthetic", and a cap on rows read from any source (null: all).
+    synthetic_size: int = 2000
+    max_examples: int | None = None
+
+
+@dataclass
+class Example:
+    """One tokenized example. ``labels[i]`` is the target for position i (IGNORE_INDEX where no loss is taken);
+    the model predicts token i from tokens before it, so labels are shifted inside the loss, not here."""
+
+    input_ids: list[int]
+    labels: list[int]
+    index: int  # row number in its source, for error and spike reports
+
+
+@dataclass
+class TokenizeStats:
+    rows: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    tokens: int = 0
+    trainable_tokens: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.rows} rows -> {self.rows - self.dropped} examples, {self.tokens} tokens "
+            f"({self.trainable_tokens} trained on); {self.truncated} truncated, {self.dropped} dropped "
+            "with no trainable token left"
+        )
+
+
+def columns_of(config: DataConfig) -> dict[str, str]:
+    return {
+        "text": config.text_column,
+        "prompt": config.prompt_column,
+        "completion": config.completion_column,
+        "messages": config.messages_column,
+    }
+
+
+def tokenize_rows(rows: Rows, config: DataConfig, tokenizer: Any) -> tuple[list[Example], TokenizeStats]:
+    """Tokenize every row; raise :class:`DataError` naming the row at fault, or if nothing usable is left."""
+    if len(rows) == 0:
+        raise DataError(f"{rows.source} holds no rows")
+    columns = columns_of(config)
+    fmt: Format = detect_format(rows.rows[0], columns, rows.where(0)) if config.format == "auto" else config.format
+    stats = TokenizeStats(rows=len(rows))
+    examples = []
+    for i, row in enumerate(rows.rows):
+        segments, add_bos = row_segments(row, fmt, columns, tokenizer, rows.where(i))
+        input_ids, labels = tokenize_segments(segments, tokenizer, add_bos, config.train_on_prompt)
+        if len(input_ids) > config.max_length:
+            stats.truncated += 1
+            input_ids, labels = input_ids[: config.max_length], labels[: config.max_length]
+        # Position 0 is never predicted (nothing comes before it), in packed rows as in single ones.
+        labels[0] = IGNORE_INDEX
+        n_trainable = sum(label != IGNORE_INDEX for label in labels)
+        if n_trainable == 0:
+            stats.dropped += 1
+            continue
+        stats.tokens += len(input_ids)
+        stats.trainable_tokens += n_trainable
+        examples.append(Example(input_ids, labels, i))
+    if not examples:
+        raise DataError(
+            f"every example of {rows.source} was truncated away: none keeps a trainable token within "
+            f"data.max_length={config.max_length} ({stats.rows} rows); raise data.max_length or shorten prompts"
+        )
+    return examples, stats
+
+
+def tokenize_segments(
+    segments: list[tuple[str, bool]], tokenizer: Any, add_bos: bool, train_on_prompt: bool = False
+) -> tuple[list[int], list[int]]:
+    """Concatenate the tokens of each segment; labels copy the trainable ones and mask the rest."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    bos = tokenizer.bos_token_id
+    if add_bos and bos is not None:
+        input_ids.append(bos)
+        labels.append(IGNORE_INDEX)
+    for text, trainable in segments:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        input_ids.extend(ids)
+        labels.extend(ids if trainable or train_on_prompt else [IGNORE_INDEX] * len(ids))
+    return input_ids, labels
+
+
+def load_sft_data(
+    config: DataConfig,
+    tokenizer: Any,
+    seed: int,
+    synthetic: Callable[[int, int], list[dict[str, Any]]],
+) -> tuple[list[Example], list[Example], dict[str, TokenizeStats]]:
+    """Train and eval examples for ``config``; ``synthetic(n, seed)`` makes rows when path is "synthetic"."""
+    if config.path == "synthetic":
+        train_rows = Rows("synthetic", synthetic(config.synthetic_size, seed))
+        n_eval = max(1, int(config.synthetic_size * config.eval_fraction)) if config.eval_fraction > 0 else 0
+        eval_rows = Rows("synthetic-eval", synthetic(n_eval, seed + 10_000)) if n_eval else None
+    else:
+        train_rows = read_rows(config.path, config.split)
+        eval_rows = read_rows(config.eval_path, config.eval_split) if config.eval_path else None
+    if config.max_examples is not None:
+        train_rows = train_rows.subset(list(range(min(config.max_examples, len(train_rows)))))
+    if eval_rows is None and config.eval_fraction > 0 and config.path != "synthetic":
+        train_rows, eval_rows = split_off(train_rows, config.eval_fraction, seed)
+    train, train_stats = tokenize_rows(train_rows, config, tokenizer)
+    stats = {"train": train_stats}
+    evals: list[Example] = []
+    if eval_rows is not None and len(eval_rows):
+        evals, stats["eval"] = tokenize_rows(eval_rows, config, tokenizer)
+    return train, evals, stats
+
+
+def split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows | None]:
+    """Hold out ``fraction`` of ``rows`` (chosen with ``seed``), keeping each row's position for errors."""
+    n_eval = int(len(rows) * fraction)
+    if n_eval == 0 or n_eval >= len(rows):
+        return rows, None
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    return rows.subset(sorted(order[n_eval:])), rows.subset(sorted(order[:n_eval]))

@@ -1,0 +1,112 @@
+"""Reading rows from local files, saved dataset directories and hub ids, with positions for error messages.
+
+Rows come back as plain dicts together with a way to name each one ("data.jsonl line 12"), so that every later
+check can point the user at the exact row at fault. JSON Lines files are parsed here, line by line, because a
+malformed line should be reported by its line number rather than as a parser error from deep inside a library.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunekit.errors import DataError
+
+_TABULAR = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".arrow": "arrow"}
+
+
+@dataclass
+class Rows:
+    """Rows of one data source; ``positions[i]`` is row i's 1-based line (JSON Lines) or row number in it."""
+
+    source: str
+    rows: list[dict[str, Any]]
+    positions: list[int] | None = None
+    unit: str = "row"
+
+    def __post_init__(self) -> None:
+        if self.positions is None:
+            self.positions = list(range(1, len(self.rows) + 1))
+
+    def where(self, i: int) -> str:
+        """Human-readable position of row ``i``: ``"train.jsonl line 12"`` or ``"train.parquet row 12"``."""
+        return f"{self.source} {self.unit} {self.positions[i]}"  # type: ignore[index]
+
+    def subset(self, indices: list[int]) -> Rows:
+        """The rows at ``indices``, each keeping its original position."""
+        return Rows(self.source, [self.rows[i] for i in indices], [self.positions[i] for i in indices], self.unit)  # type: ignore[index]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def read_rows(path: str, split: str = "train") -> Rows:
+    """Rows of a jsonl/json/parquet/csv file, a dataset directory (``save_to_disk`` or data files) or a hub id."""
+    local = Path(path).expanduser()
+    if local.is_file():
+        suffix = local.suffix.lower()
+        if suffix in (".jsonl", ".json"):
+            return _read_json(local)
+        if suffix in _TABULAR:
+            return Rows(str(local), _load_with_datasets(_TABULAR[suffix], str(local), split, data_files=str(local)))
+        raise DataError(
+            f"data file {local} has an unsupported extension {suffix!r} (use .jsonl, .json, .parquet, .csv)"
+        )
+    if local.is_dir():
+        if (local / "dataset_dict.json").is_file() or (local / "dataset_info.json").is_file():
+            return Rows(str(local), _load_from_disk(local, split))
+        return Rows(str(local), _load_with_datasets(str(local), str(local), split))
+    if path.startswith((".", "/", "~")) or Path(path).suffix.lower() in (".jsonl", ".json", *_TABULAR):
+        raise DataError(f"data path {path!r} does not exist")
+    return Rows(path, _load_with_datasets(path, path, split))
+
+
+def _read_json(path: Path) -> Rows:
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if path.suffix.lower() == ".json" and stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} is not valid JSON: {err}") from None
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise DataError(f"{path} row {i + 1} is a {type(row).__name__}, expected a JSON object")
+        return Rows(str(path), rows)
+    rows, lines = [], []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {lineno} is not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {lineno} is a JSON {type(row).__name__}, expected an object")
+        rows.append(row)
+        lines.append(lineno)
+    return Rows(str(path), rows, lines, unit="line")
+
+
+def _load_from_disk(path: Path, split: str) -> list[dict[str, Any]]:
+    from datasets import DatasetDict, load_from_disk
+
+    loaded = load_from_disk(str(path))
+    if isinstance(loaded, DatasetDict):
+        if split not in loaded:
+            raise DataError(f"dataset directory {path} has no split {split!r}; it has: {', '.join(loaded)}")
+        loaded = loaded[split]
+    return loaded.to_list()
+
+
+def _load_with_datasets(name: str, shown: str, split: str, **kwargs: Any) -> list[dict[str, Any]]:
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, split=split, **kwargs).to_list()
+    except ValueError as err:
+        raise DataError(f"data {shown!r} could not be read (split {split!r}): {err}") from None
+    except Exception as err:  # datasets raises connection, file-not-found and format errors of many classes
+        raise DataError(f"data {shown!r} could not be loaded: {type(err).__name__}: {err}") from None

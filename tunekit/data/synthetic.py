@@ -1,0 +1,91 @@
+"""The embedded default datasets: small, generated from a seed, with a checkable right answer.
+
+Every recipe's default config runs offline on these, so a fresh install can train end to end without any
+download. The tasks are deliberately easy (one- and two-digit arithmetic written out in words and symbols)
+so that a tiny randomly initialised model visibly learns them within a minute or two on a CPU.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b}
+_NAMES = ["Ada", "Ben", "Cai", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun"]
+_THINGS = ["apples", "books", "coins", "pens", "shells", "stamps", "cards", "eggs"]
+
+
+def _problem(rng: random.Random, max_operand: int) -> tuple[str, int, str]:
+    """One arithmetic question, its integer answer and a worked answer line."""
+    a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+    op = rng.choice(list(_OPS))
+    if op == "-" and b > a:
+        a, b = b, a
+    result = _OPS[op](a, b)
+    if rng.random() < 0.5:
+        question = f"What is {a} {op} {b}?"
+    else:
+        name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+        verb = "gets" if op == "+" else "gives away"
+        question = f"{name} has {a} {thing} and {verb} {b}. How many {thing} now?"
+    return question, result, f"{a} {op} {b} = {result}"
+
+
+def sft_examples(n: int, seed: int = 0, max_operand: int = 9) -> list[dict[str, Any]]:
+    """``n`` rows ``{"prompt": "Question: ...\\nAnswer:", "completion": " 3 + 4 = 7. #### 7"}``."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        question, result, work = _problem(rng, max_operand)
+        rows.append({"prompt": f"Question: {question}\nAnswer:", "completion": f" {work}. #### {result}"})
+    return rows
+
+
+def preference_pairs(n: int, seed: int = 0, max_operand: int = 9) -> list[dict[str, Any]]:
+    """``n`` rows ``{"prompt", "chosen", "rejected"}``: the right worked answer against a wrong one."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        question, result, work = _problem(rng, max_operand)
+        wrong = result + rng.choice([-3, -2, -1, 1, 2, 3])
+        lhs = work.split(" = ")[0]
+        rows.append(
+            {
+                "prompt": f"Question: {question}\nAnswer:",
+                "chosen": f" {lhs} = {result}. #### {result}",
+                "rejected": f" {lhs} = {wrong}. #### {wrong}",
+            }
+        )
+    return rows
+
+
+def prompts_with_answers(n: int, seed: int = 0, max_operand: int = 9) -> list[dict[str, Any]]:
+    """``n`` rows ``{"prompt", "answer"}`` for reinforcement learning with a verifiable reward."""
+    rng = random.Random(seed)
+    return [
+        {"prompt": f"Question: {q}\nAnswer:", "answer": str(r)}
+        for q, r, _ in (_problem(rng, max_operand) for _ in range(n))
+    ]
+
+
+def text_corpus(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` rows ``{"text": ...}`` of short generated prose and sums, for continued pre-training."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        sentences = []
+        for _ in range(rng.randint(2, 5)):
+            question, result, work = _problem(rng, 20)
+            name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+            sentences.append(
+                rng.choice(
+                    [
+                        f"{name} counted {result} {thing}.",
+                        f"We know that {work}.",
+                        f"{question} The answer is {result}.",
+                        f"{name} likes {thing} more than {rng.choice(_THINGS)}.",
+                    ]
+                )
+            )
+        rows.append({"text": " ".join(sentences)})
+    return rows

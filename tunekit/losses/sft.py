@@ -1,0 +1,40 @@
+"""Next-token cross-entropy for supervised fine-tuning and continued pre-training."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def token_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 4096
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Summed next-token cross-entropy and the number of tokens it covers.
+
+    logits: [B, T, V] (any float dtype); labels: [B, T] with IGNORE_INDEX where no loss is taken. Position t
+    predicts labels[t + 1]. Returns ``(loss_sum, {"num_tokens": n})``; the caller divides by the token count of
+    the whole optimizer step, so that micro-batches of any size weigh each token equally.
+
+    The loss is computed in fp32 over chunks of ``chunk_size`` positions, so a bf16 model never needs an fp32
+    copy of the whole [B, T, V] logits tensor.
+    """
+    vocab = logits.shape[-1]
+    flat_logits = logits[:, :-1].reshape(-1, vocab)
+    flat_labels = labels[:, 1:].reshape(-1)
+    keep = flat_labels != IGNORE_INDEX
+    flat_logits, flat_labels = flat_logits[keep], flat_labels[keep]
+    total = logits.new_zeros((), dtype=torch.float32)
+    for start in range(0, flat_labels.numel(), chunk_size):
+        chunk = flat_logits[start : start + chunk_size].float()
+        total = total + F.cross_entropy(chunk, flat_labels[start : start + chunk_size], reduction="sum")
+    return total, {"num_tokens": keep.sum()}
+
+
+def per_token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B, T, V], [B, T] -> [B, T - 1] next-token losses, 0 where the label is ignored."""
+    losses = F.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return losses

@@ -1,0 +1,1 @@
+"""Models: loading bases (dtype, quantisation), adapters, and the embedded tiny models."""

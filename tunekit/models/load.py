@@ -1,0 +1,127 @@
+"""Loading base models and tokenizers: local directories, hub ids and the embedded tiny models.
+
+One entry point, :func:`load_model`, covers dtype, bitsandbytes quantisation (NF4 with double quantisation for
+QLoRA, or 8-bit) and the model head. Problems a user can fix (a path that does not exist, quantisation where
+bitsandbytes cannot run) raise :class:`~tunekit.errors.ModelError` before any training starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from tunekit.errors import ModelError
+from tunekit.models.adapters import AdapterConfig
+from tunekit.models.tiny import DEFAULT_CHAT_TEMPLATE, TINY_MODELS, tiny_model_path
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ModelConfig:
+    # A local Hugging Face directory, a hub id, or an embedded model: tiny-llama, tiny-mistral.
+    path: str = "tiny-llama"
+    # Dtype the base weights are stored in (and computed in, unless train.mixed_precision says otherwise).
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Store the frozen base in 4-bit NF4 (QLoRA) or 8-bit through bitsandbytes.
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    gradient_checkpointing: bool = False
+    # Run code shipped inside a hub repository. Off unless you trust its author.
+    trust_remote_code: bool = False
+    revision: str | None = None
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+
+
+def resolve_model_path(path: str) -> str:
+    """An embedded model name becomes its cached directory; anything else is returned as given."""
+    if path in TINY_MODELS:
+        return str(tiny_model_path(path))
+    return path
+
+
+def check_quantization_available(quantization: str) -> None:
+    if quantization == "none":
+        return
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(
+            f"model.quantization={quantization} needs bitsandbytes, which is not installed "
+            "(pip install bitsandbytes), or set model.quantization=none"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as err:  # bitsandbytes raises many kinds of errors when its native library is missing
+        raise ModelError(
+            f"model.quantization={quantization} needs bitsandbytes, which cannot run here: {err}"
+        ) from None
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
+    """The tokenizer at ``path``, with a pad token and a chat template guaranteed."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            resolve_model_path(path), trust_remote_code=trust_remote_code, revision=revision
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(_not_found_message(path, err)) from None
+    if tokenizer.pad_token_id is None:
+        # Padding is always masked out, so reusing EOS is safe; positions are taken from the mask, never from
+        # searching for the pad id.
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    return tokenizer
+
+
+def load_model(config: ModelConfig, head: Literal["causal-lm", "score"] = "causal-lm") -> torch.nn.Module:
+    """The base model of ``config`` with a language-model head or a one-output score head (no adapter yet)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    check_quantization_available(config.quantization)
+    dtype = DTYPES[config.dtype]
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": config.attn_implementation,
+        "trust_remote_code": config.trust_remote_code,
+        "revision": config.revision,
+    }
+    if config.quantization == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_storage=dtype,
+        )
+    elif config.quantization == "8bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    path = resolve_model_path(config.path)
+    try:
+        if head == "score":
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise ModelError(_not_found_message(config.path, err)) from None
+    if head == "score" and model.config.pad_token_id is None:
+        # The score head reads the last non-pad token; transformers needs to know the pad id for that.
+        model.config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def _not_found_message(path: str, err: Exception) -> str:
+    local = Path(path)
+    if local.exists() and not (local / "config.json").exists():
+        return f"model.path {path!r} is a local path but holds no config.json (not a Hugging Face model directory)"
+    if local.is_absolute() or path.startswith((".", "~")) or local.exists():
+        return f"model.path {path!r} could not be loaded: {err}"
+    return (
+        f"model.path {path!r} is not a local directory and could not be loaded as a hub id "
+        f"(is the name right, and is the hub reachable?): {str(err).splitlines()[0]}"
+    )

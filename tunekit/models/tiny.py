@@ -1,0 +1,111 @@
+"""The embedded tiny LLaMA- and Mistral-style models that default configs and tests run on.
+
+They are built offline: a byte-level BPE tokenizer trained with ``tokenizers`` on tunekit's own generated text,
+and a randomly initialised model with a fixed seed, saved in Hugging Face format. The first use builds and
+caches them (about a second); later uses load the cached directory. Byte-level BPE means any text, including
+real datasets, tokenizes without unknown tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+TINY_MODELS = ("tiny-llama", "tiny-mistral")
+# Bump when the recipe below changes, so that old caches are not reused.
+_VERSION = "v1"
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+_SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TUNEKIT_CACHE", Path.home() / ".cache" / "tunekit"))
+
+
+def tiny_model_path(name: str) -> Path:
+    """Directory of the embedded model ``name``, building it on first use."""
+    if name not in TINY_MODELS:
+        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY_MODELS)}")
+    target = cache_dir() / "models" / f"{name}-{_VERSION}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so that a killed build never leaves a half-written cache entry and
+    # two processes building at once both end up with a complete directory.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build_tiny_model(name, tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def train_tokenizer(vocab_size: int = 512, texts: list[str] | None = None):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` (default: tunekit's generated text)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tunekit.data import synthetic
+
+    if texts is None:
+        texts = [r["text"] for r in synthetic.text_corpus(3000, seed=1234)]
+        texts += [f"{r['prompt']} {r['completion']}" for r in synthetic.sft_examples(2000, seed=4321)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    # Like LLaMA's tokenizer: a BOS token in front of every encoded text.
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="right"
+    )
+    fast.chat_template = DEFAULT_CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(name: str, out_dir: Path, seed: int = 0) -> None:
+    """Write tokenizer and randomly initialised weights of tiny model ``name`` to ``out_dir``."""
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    tokenizer = train_tokenizer()
+    shape = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    if name == "tiny-llama":
+        model = LlamaForCausalLM(LlamaConfig(**shape))
+    else:
+        model = MistralForCausalLM(MistralConfig(sliding_window=256, **shape))
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)

@@ -1,0 +1,91 @@
+"""What every recipe shares: the common config keys, command-line parsing, seeding and saving final/."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from tunekit.config import all_keys, load_config
+from tunekit.models.load import ModelConfig
+from tunekit.train.runner import TrainConfig, prepare_output_dir
+
+C = TypeVar("C")
+
+
+@dataclass
+class RecipeConfig:
+    # Where the run directory goes; default runs/<recipe>-<date>-<time>.
+    output_dir: str | None = None
+    seed: int = 0
+    # A cap on optimizer steps (null: run all epochs).
+    max_steps: int | None = None
+    # "auto" continues from the newest complete checkpoint in output_dir; or a checkpoint directory.
+    resume: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def parse_args(cls: type[C], argv: list[str] | None, recipe: str, doc: str | None = None) -> C:
+    """``[--config FILE] [key.sub=value ...]`` -> a config of ``cls``; ``--help`` lists every key."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        print((doc or "").strip() + "\n")
+        print(f"usage: python -m tunekit.recipes.{recipe} [--config FILE.yaml] [key.sub=value ...]\n\nkeys:")
+        for key in all_keys(cls):
+            print(f"  {key}")
+        raise SystemExit(0)
+    config_path = None
+    overrides = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config":
+            if i + 1 >= len(args):
+                from tunekit.errors import ConfigError
+
+                raise ConfigError("--config needs a file path")
+            config_path = args[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+        else:
+            overrides.append(arg[2:] if arg.startswith("--") else arg)
+        i += 1
+    config = load_config(cls, config_path, overrides)
+    if getattr(config, "output_dir", "") is None:
+        config.output_dir = f"runs/{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"  # type: ignore[attr-defined]
+    return config
+
+
+def start_run(config: RecipeConfig) -> Path:
+    """Seed everything and check output_dir before any model or data is loaded; returns output_dir."""
+    from accelerate.utils import set_seed
+
+    output_dir = Path(config.output_dir or ".")
+    prepare_output_dir(output_dir, config.resume)
+    set_seed(config.seed)
+    return output_dir
+
+
+def final_saver(tokenizer: Any):
+    """A ``save_final(model, dir)`` that writes Hugging Face files (adapter or full weights) plus the tokenizer."""
+
+    def save(model: torch.nn.Module, directory: Path) -> None:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    return save
+
+
+def say(message: str) -> None:
+    """Progress notes for the person at the terminal (main process only)."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)

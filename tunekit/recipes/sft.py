@@ -1,0 +1,88 @@
+"""Supervised fine-tuning: next-token loss on completions or assistant turns, with LoRA, DoRA, QLoRA or full.
+
+    python -m tunekit.recipes.sft                                   # embedded tiny model and data, offline
+    python -m tunekit.recipes.sft --config recipes/sft/llama-qlora.yaml data.path=my.jsonl
+
+See docs/sft.md for the keys and docs/data.md for the data formats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+
+from tunekit.data import synthetic
+from tunekit.data.collate import collate_examples, collate_packed, model_inputs
+from tunekit.data.packing import pack_examples
+from tunekit.data.sft import DataConfig, load_sft_data
+from tunekit.errors import exit_on_user_error
+from tunekit.losses.sft import token_cross_entropy
+from tunekit.models.adapters import apply_adapter, count_parameters
+from tunekit.models.load import load_model, load_tokenizer
+from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, say, start_run
+from tunekit.train.runner import RunResult, RunSpec, train
+
+
+@dataclass
+class SFTConfig(RecipeConfig):
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def sft_step(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Summed next-token loss over the batch's label tokens."""
+    logits = model(**model_inputs(batch, model)).logits
+    loss_sum, _ = token_cross_entropy(logits, batch["labels"])
+    return loss_sum, {}
+
+
+def run(
+    config: SFTConfig, synthetic_rows: Callable[[int, int], list[dict[str, Any]]] = synthetic.sft_examples
+) -> RunResult:
+    """Train per ``config``; ``synthetic_rows(n, seed)`` supplies the data when data.path is "synthetic"."""
+    output_dir = start_run(config)
+    tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
+    examples, eval_examples, stats = load_sft_data(config.data, tokenizer, config.seed, synthetic_rows)
+    for name, stat in stats.items():
+        say(f"data ({name}): {stat.summary()}")
+    pad = tokenizer.pad_token_id
+    multiple = config.train.pad_to_multiple_of
+    if config.data.packing:
+        items: list[Any] = pack_examples(examples, config.data.max_length)
+        eval_items: list[Any] = pack_examples(eval_examples, config.data.max_length) if eval_examples else []
+        collate = partial(collate_packed, pad_id=pad, pad_to_multiple_of=multiple)
+        say(f"packing: {len(examples)} examples into {len(items)} rows of at most {config.data.max_length} tokens")
+    else:
+        items, eval_items = examples, eval_examples
+        collate = partial(collate_examples, pad_id=pad, pad_to_multiple_of=multiple)
+
+    model = load_model(config.model)
+    model = apply_adapter(model, config.model.adapter, gradient_checkpointing=config.model.gradient_checkpointing)
+    counts = count_parameters(model)
+    say(f"model: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
+    spec = RunSpec(
+        output_dir=output_dir,
+        config=config,
+        train=config.train,
+        seed=config.seed,
+        max_steps=config.max_steps,
+        resume=config.resume,
+        items=items,
+        collate=collate,
+        eval_items=eval_items,
+        save_final=final_saver(tokenizer),
+    )
+    result = train(spec, model, sft_step)
+    say(f"done: {result.step} steps; run directory {output_dir}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> RunResult:
+    return run(parse_args(SFTConfig, argv, "sft", __doc__))
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

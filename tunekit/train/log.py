@@ -1,0 +1,68 @@
+"""metrics.jsonl and the progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to ``metrics.jsonl``; a resumed run first drops later lines."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self._file = path.open("a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class Progress:
+    """A tqdm bar over optimizer steps showing loss, lr and tokens/s (quiet when disabled)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            disable=not enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=1.0,
+            desc="train",
+        )
+
+    def update(self, record: dict[str, Any]) -> None:
+        shown = {"loss": record.get("loss"), "lr": record.get("lr"), "tok/s": record.get("tokens_per_s")}
+        self.bar.set_postfix({k: _short(v) for k, v in shown.items() if v is not None}, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

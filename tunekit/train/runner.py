@@ -1,0 +1,373 @@
+"""The one accelerate-based training loop. It never knows which algorithm it runs.
+
+A recipe hands :func:`train` a model, its training items (examples, packed rows, pairs, prompts...), a collate
+function and a *step function*::
+
+    step(model, batch) -> (loss_sum, metrics)
+
+``loss_sum`` is the loss *summed* over the batch's ``batch["num_items"]`` units (tokens for SFT, pairs for DPO).
+The runner divides by the number of units in the whole optimizer step, across micro-batches and processes, so
+that 4 micro-batches of 1 give the same update as one batch of 4 whatever their lengths. ``metrics`` are
+per-batch means; they are averaged with the same weights.
+
+Items are shuffled per epoch from ``seed + epoch`` alone, so the data position of any step is known from the step
+number, and a resumed run sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from tunekit.config import save_config
+from tunekit.errors import ConfigError, UserError
+from tunekit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tunekit.train.log import MetricsLog, Progress
+
+StepFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
+PREEMPTED_EXIT_CODE = 143
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    # Autocast compute precision; the stored weights keep model.dtype.
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = 1
+    # 0: evaluate / checkpoint only at the end.
+    eval_every: int = 0
+    save_every: int = 0
+    # Complete checkpoints kept on disk (0: all).
+    keep_checkpoints: int = 2
+    # Stop after this many optimizer steps in a row with a non-finite loss or gradient (each is skipped).
+    max_bad_steps: int = 5
+    progress: bool = True
+    # Pad batch widths to a multiple of this (8 suits tensor cores).
+    pad_to_multiple_of: int = 1
+
+
+@dataclass
+class RunSpec:
+    """Everything the runner needs that is not the model: where to write, and what to train on."""
+
+    output_dir: Path
+    config: Any  # the recipe's full config, written to config.yaml
+    train: TrainConfig
+    seed: int
+    max_steps: int | None
+    resume: str | None
+    items: Sequence[Any]
+    collate: Callable[[list[Any]], dict[str, Any]]
+    eval_items: Sequence[Any] = ()
+    # Extra evaluation (generation, accuracy...) returning {"name": value}; logged as "eval/name".
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    save_final: Callable[[torch.nn.Module, Path], None] | None = None
+    extra_state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    step: int
+    history: list[dict[str, Any]]
+
+
+class TrainingStopped(UserError):
+    """Training could not go on (e.g. repeated non-finite losses); the last good checkpoint is kept."""
+
+
+def prepare_output_dir(output_dir: Path, resume: str | None) -> Path | None:
+    """Check ``output_dir`` before anything is written; return the checkpoint to resume from, if any."""
+    if resume not in (None, "auto"):
+        path = Path(resume)
+        if not (path / "COMPLETE").is_file():
+            raise ConfigError(f"resume={resume!r} is not a complete checkpoint directory (no COMPLETE marker)")
+        return path
+    if output_dir.exists() and any(output_dir.iterdir()):
+        if resume == "auto":
+            return latest_checkpoint(output_dir)
+        raise ConfigError(
+            f"output_dir {output_dir} already holds a run; pass resume=auto to continue it, "
+            "or choose another output_dir"
+        )
+    return None
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters; check model.adapter")
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    try:
+        import bitsandbytes as bnb
+    except Exception as err:
+        raise ConfigError(
+            f"train.optimizer={config.optimizer} needs bitsandbytes, which cannot run here: {err}"
+        ) from None
+    cls = bnb.optim.AdamW8bit if config.optimizer == "adamw_8bit" else bnb.optim.PagedAdamW8bit
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Any:
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    warmup = int(config.warmup_ratio * total_steps)
+    if config.scheduler == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    make = get_cosine_schedule_with_warmup if config.scheduler == "cosine" else get_linear_schedule_with_warmup
+    return make(optimizer, warmup, total_steps)
+
+
+class _StopSignal:
+    """Remembers SIGTERM / SIGINT so the loop can finish its step and checkpoint before exiting."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # a second signal: give up at once
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
+    """Run the loop described in the module docstring; returns the final step and the logged history."""
+    from accelerate import Accelerator
+
+    cfg = spec.train
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 on the CPU")
+    resume_from = prepare_output_dir(spec.output_dir, spec.resume)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    world = accelerator.num_processes
+    per_step = cfg.micro_batch_size * world * cfg.grad_accum_steps
+    steps_per_epoch = len(spec.items) // per_step
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"one optimizer step needs {per_step} items (micro_batch_size {cfg.micro_batch_size} x "
+            f"{world} processes x grad_accum_steps {cfg.grad_accum_steps}) but the data has {len(spec.items)}"
+        )
+    total_steps = steps_per_epoch * cfg.epochs
+    if spec.max_steps is not None:
+        total_steps = min(total_steps, spec.max_steps)
+
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    start_step = 0
+    if resume_from is not None:
+        start_step = load_checkpoint(resume_from, model, optimizer, scheduler)["step"]
+        accelerator.print(f"resuming from {resume_from} at step {start_step}")
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    out = spec.output_dir
+    history: list[dict[str, Any]] = []
+    log = None
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(spec.config, out / "config.yaml")
+        log = MetricsLog(out / "metrics.jsonl", resume_step=start_step if resume_from else None)
+    progress = Progress(total_steps, start_step, cfg.progress and accelerator.is_main_process)
+
+    def checkpoint(step: int) -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            epoch = step / steps_per_epoch
+            save_checkpoint(
+                out,
+                step,
+                trainable,
+                optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                scheduler,
+                {"epoch": epoch, **spec.extra_state},
+                cfg.keep_checkpoints,
+            )
+        accelerator.wait_for_everyone()
+
+    def micro_batches(step: int) -> list[dict[str, Any]]:
+        """The micro-batches this process trains on at optimizer step ``step`` (0-based)."""
+        epoch, within = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(spec.items), generator=torch.Generator().manual_seed(spec.seed + epoch)).tolist()
+        batches = []
+        for k in range(cfg.grad_accum_steps):
+            start = (within * cfg.grad_accum_steps + k) * cfg.micro_batch_size * world
+            mine = order[start + accelerator.process_index * cfg.micro_batch_size :][: cfg.micro_batch_size]
+            batches.append(_to_device(spec.collate([spec.items[i] for i in mine]), accelerator.device))
+        return batches
+
+    bad_in_a_row = 0
+    step = start_step
+    window_tokens, window_start = 0, time.perf_counter()
+    with _StopSignal() as stop:
+        while step < total_steps:
+            model.train()
+            batches = micro_batches(step)
+            step_items = _global_sum(accelerator, sum(float(b["num_items"]) for b in batches))
+            loss_total = torch.zeros((), device=accelerator.device)
+            sums: dict[str, float] = {}
+            for k, batch in enumerate(batches):
+                last = k == len(batches) - 1
+                with _maybe_no_sync(accelerator, model, not last), accelerator.autocast():
+                    loss_sum, metrics = step_fn(model, batch)
+                    # DDP averages gradients over processes; multiplying by world undoes that average so the
+                    # result is the mean over every unit of the global step.
+                    accelerator.backward(loss_sum * (world / max(step_items, 1.0)))
+                loss_total += loss_sum.detach().float()
+                weight = float(batch["num_items"])
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * weight
+                window_tokens += int(batch.get("num_tokens", batch["num_items"]))
+            # max_grad_norm <= 0 turns clipping off; the norm is still measured and logged.
+            grad_norm = accelerator.clip_grad_norm_(
+                model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+            )
+            loss_mean = _global_sum(accelerator, float(loss_total)) / max(step_items, 1.0)
+            finite = math.isfinite(loss_mean) and math.isfinite(float(grad_norm))
+            if finite:
+                optimizer.step()
+                bad_in_a_row = 0
+            else:
+                bad_in_a_row += 1
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            if not finite and bad_in_a_row >= cfg.max_bad_steps:
+                raise TrainingStopped(
+                    f"stopped at step {step}: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                    f"(the last good checkpoint in {out / 'checkpoints'} is kept)"
+                )
+
+            if step % cfg.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "step": step,
+                    "epoch": round(step / steps_per_epoch, 4),
+                    "loss": loss_mean,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "tokens_per_s": _global_sum(accelerator, window_tokens) / max(elapsed, 1e-9),
+                    **{k: _global_sum(accelerator, v) / max(step_items, 1.0) for k, v in sorted(sums.items())},
+                }
+                if not finite:
+                    record["skipped_nonfinite"] = True
+                window_tokens, window_start = 0, time.perf_counter()
+                if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
+                    record.update(_evaluate(spec, model, step_fn, accelerator))
+                    window_start = time.perf_counter()
+                history.append(record)
+                if log is not None:
+                    log.write(record)
+                progress.update(record)
+            else:
+                progress.update({})
+            if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps:
+                checkpoint(step)
+                window_start = time.perf_counter()
+            if stop.received is not None and step < total_steps:
+                if not (cfg.save_every and step % cfg.save_every == 0):
+                    checkpoint(step)
+                progress.close()
+                accelerator.print(
+                    f"received signal {stop.received}: saved checkpoint step-{step} in {out / 'checkpoints'}; "
+                    "continue with resume=auto"
+                )
+                raise SystemExit(PREEMPTED_EXIT_CODE)
+    progress.close()
+    if log is not None:
+        log.close()
+    if accelerator.is_main_process and spec.save_final is not None:
+        _save_final_atomically(spec.save_final, accelerator.unwrap_model(model), out / "final")
+    accelerator.wait_for_everyone()
+    return RunResult(out, step, history)
+
+
+def _save_final_atomically(save: Callable[[torch.nn.Module, Path], None], model: torch.nn.Module, final: Path) -> None:
+    """Write final/ under a temporary name and rename it into place, so a reader never sees half of it."""
+    tmp = final.with_name(".final-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(model, tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _evaluate(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn, accelerator: Any) -> dict[str, float]:
+    if not spec.eval_items and spec.evaluate is None:
+        return {}
+    model.eval()
+    results: dict[str, float] = {}
+    if spec.eval_items:
+        world, rank, size = accelerator.num_processes, accelerator.process_index, spec.train.micro_batch_size
+        loss_total, items = 0.0, 0.0
+        sums: dict[str, float] = {}
+        mine = list(range(rank * size, len(spec.eval_items), world * size))
+        with torch.no_grad(), accelerator.autocast():
+            for start in mine:
+                batch = _to_device(spec.collate(list(spec.eval_items[start : start + size])), accelerator.device)
+                loss_sum, metrics = step_fn(model, batch)
+                weight = float(batch["num_items"])
+                loss_total += float(loss_sum)
+                items += weight
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * weight
+        items = _global_sum(accelerator, items)
+        results["eval/loss"] = _global_sum(accelerator, loss_total) / max(items, 1.0)
+        for key, value in sorted(sums.items()):
+            results[f"eval/{key}"] = _global_sum(accelerator, value) / max(items, 1.0)
+    if spec.evaluate is not None:
+        with torch.no_grad():
+            results.update({f"eval/{k}": v for k, v in spec.evaluate(accelerator.unwrap_model(model)).items()})
+    model.train()
+    return results
+
+
+def _global_sum(accelerator: Any, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="sum").item())
+
+
+def _maybe_no_sync(accelerator: Any, model: torch.nn.Module, skip_sync: bool) -> Any:
+    from contextlib import nullcontext
+
+    return accelerator.no_sync(model) if skip_sync and accelerator.num_processes > 1 else nullcontext()
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
