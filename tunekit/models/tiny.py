@@ -102,10 +102,12 @@ def build_tiny_model(name: str, out_dir: Path, seed: int = 0) -> None:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    if name == "tiny-llama":
-        model = LlamaForCausalLM(LlamaConfig(**shape))
-    else:
-        model = MistralForCausalLM(MistralConfig(sliding_window=256, **shape))
+    # Building may happen in the middle of a seeded run (first use); it must not move the run's RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name == "tiny-llama":
+            model = LlamaForCausalLM(LlamaConfig(**shape))
+        else:
+            model = MistralForCausalLM(MistralConfig(sliding_window=256, **shape))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -1,0 +1,38 @@
+"""Shared fixtures. The embedded tiny models are built once per test session into a temporary cache."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set before tunekit is imported anywhere, and inherited by recipe subprocesses.
+os.environ.setdefault("TUNEKIT_CACHE", tempfile.mkdtemp(prefix="tunekit-test-cache-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path() -> str:
+    from tunekit.models.tiny import tiny_model_path
+
+    return str(tiny_model_path("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_llama_path: str):
+    from tunekit.models.load import load_tokenizer
+
+    return load_tokenizer(tiny_llama_path)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"the shared data directory {SHARED_DATA} is missing; tests that read real data need it")
+    return SHARED_DATA
