@@ -32,7 +32,9 @@ def test_missing_column_names_row_and_column(tokenizer, tmp_path):
 
 def test_unrecognised_columns_list_what_is_expected(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"question": "a", "answer": "b"}])
-    with pytest.raises(DataError, match=r"line 1: cannot tell the data format from its columns \['answer', 'question'\]"):
+    with pytest.raises(
+        DataError, match=r"line 1: cannot tell the data format from its columns \['answer', 'question'\]"
+    ):
         load(tokenizer, path=path)
 
 

@@ -42,8 +42,16 @@ def test_accumulating_micro_batches_equals_one_large_batch(tmp_path):
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     full_dir = tmp_path / "full"
-    full = run(sft_config(full_dir, "max_steps=6", "train.micro_batch_size=4", "train.save_every=2",
-                          "train.keep_checkpoints=0", "model.adapter.dropout=0.1"))
+    full = run(
+        sft_config(
+            full_dir,
+            "max_steps=6",
+            "train.micro_batch_size=4",
+            "train.save_every=2",
+            "train.keep_checkpoints=0",
+            "model.adapter.dropout=0.1",
+        )
+    )
     assert (full_dir / "checkpoints" / "step-4" / "COMPLETE").is_file()
 
     # Resume in a copy of the run directory whose last checkpoint and final/ were lost.
@@ -51,8 +59,17 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     shutil.copytree(full_dir, cut)
     shutil.rmtree(cut / "checkpoints" / "step-6")
     shutil.rmtree(cut / "final")
-    resumed = run(sft_config(cut, "max_steps=6", "train.micro_batch_size=4", "train.save_every=2",
-                             "train.keep_checkpoints=0", "model.adapter.dropout=0.1", "resume=auto"))
+    resumed = run(
+        sft_config(
+            cut,
+            "max_steps=6",
+            "train.micro_batch_size=4",
+            "train.save_every=2",
+            "train.keep_checkpoints=0",
+            "model.adapter.dropout=0.1",
+            "resume=auto",
+        )
+    )
     assert [r["step"] for r in resumed.history] == [5, 6]
     for a, b in zip(full.history[4:], resumed.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)

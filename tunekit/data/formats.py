@@ -4,8 +4,9 @@ A *segment list* is ``[(text, trainable), ...]``: concatenated, the segments are
 ``trainable`` says whether the loss is taken on that segment's tokens. Formats:
 
 - ``text``: one segment, all trainable (continued pre-training, or plain SFT on documents).
-- ``prompt_completion``: the prompt (not trainable) then the completion and EOS (trainable). Either side may
-  also be chat messages, in which case the prompt is rendered with the chat template.
+- ``prompt_completion``: the prompt (not trainable) then the completion and EOS (trainable). A string prompt
+  is put into ``prompt_template`` first (e.g. ``"Question: {prompt}\nAnswer: "``); a prompt given as chat
+  messages is rendered with the chat template instead.
 - ``messages``: a chat rendered with the tokenizer's chat template; each assistant turn is trainable.
 
 Chat segments are found by rendering growing prefixes of the conversation, so the result is exactly the text
@@ -39,7 +40,12 @@ def detect_format(row: dict[str, Any], columns: dict[str, str], where: str) -> F
 
 
 def row_segments(
-    row: dict[str, Any], fmt: Format, columns: dict[str, str], tokenizer: Any, where: str
+    row: dict[str, Any],
+    fmt: Format,
+    columns: dict[str, str],
+    tokenizer: Any,
+    where: str,
+    prompt_template: str = "{prompt}",
 ) -> tuple[list[Segment], bool]:
     """Segments of ``row`` and whether a BOS token should be put in front (False when a chat template did it)."""
     if fmt == "text":
@@ -56,7 +62,10 @@ def row_segments(
         if not isinstance(prompt, str):
             raise DataError(f"{where}: column {columns['prompt']!r} must be a string or a list of messages")
         completion_text = _completion_text(completion, where, columns["completion"])
-        return [(prompt, False), (completion_text + tokenizer.eos_token, True)], True
+        return [
+            (prompt_template.replace("{prompt}", prompt), False),
+            (completion_text + tokenizer.eos_token, True),
+        ], True
     messages = _messages(_column(row, columns["messages"], where), where, columns["messages"])
     return chat_segments(messages, tokenizer, where), False
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from tunekit.data.formats import Format, detect_format, row_segments
 from tunekit.data.sources import Rows, read_rows
-from tunekit.errors import DataError
+from tunekit.errors import ConfigError, DataError
 from tunekit.losses.sft import IGNORE_INDEX
 
 
@@ -23,6 +23,8 @@ class DataConfig:
     prompt_column: str = "prompt"
     completion_column: str = "completion"
     messages_column: str = "messages"
+    # How a string prompt is written before its completion; {prompt} is replaced by the prompt column.
+    prompt_template: str = "{prompt}"
     # Held-out data: a separate source, or else this fraction of the training rows (0 turns evaluation off).
     eval_path: str | None = None
     eval_split: str = "train"
@@ -78,11 +80,13 @@ def tokenize_rows(rows: Rows, config: DataConfig, tokenizer: Any) -> tuple[list[
     if len(rows) == 0:
         raise DataError(f"{rows.source} holds no rows")
     columns = columns_of(config)
+    if "{prompt}" not in config.prompt_template:
+        raise ConfigError(f"data.prompt_template {config.prompt_template!r} must contain {{prompt}}")
     fmt: Format = detect_format(rows.rows[0], columns, rows.where(0)) if config.format == "auto" else config.format
     stats = TokenizeStats(rows=len(rows))
     examples = []
     for i, row in enumerate(rows.rows):
-        segments, add_bos = row_segments(row, fmt, columns, tokenizer, rows.where(i))
+        segments, add_bos = row_segments(row, fmt, columns, tokenizer, rows.where(i), config.prompt_template)
         input_ids, labels = tokenize_segments(segments, tokenizer, add_bos, config.train_on_prompt)
         if len(input_ids) > config.max_length:
             stats.truncated += 1

@@ -39,10 +39,10 @@ PREEMPTED_EXIT_CODE = 143
 
 @dataclass
 class TrainConfig:
-    epochs: int = 1
+    epochs: int = 2
     micro_batch_size: int = 8
     grad_accum_steps: int = 1
-    lr: float = 2e-4
+    lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"

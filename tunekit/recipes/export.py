@@ -1,0 +1,75 @@
+"""Merge a trained adapter into its base model and write a plain Hugging Face model directory.
+
+    python -m tunekit.recipes.export adapter=runs/sft-.../final output_dir=merged/
+    python -m tunekit.recipes.export adapter=runs/reward-.../final output_dir=merged-rm/ dtype=bf16
+
+The base is the one recorded in the adapter (``base_model_name_or_path``) unless ``model.path`` names another.
+The merged model loads with ``AutoModelForCausalLM`` (or ``AutoModelForSequenceClassification`` for a reward
+adapter) with no peft at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tunekit.errors import ConfigError, ModelError, exit_on_user_error
+from tunekit.models.load import DTYPES, load_tokenizer, resolve_model_path
+from tunekit.recipes.common import parse_args, say
+
+
+@dataclass
+class ExportConfig:
+    # A PEFT adapter directory, usually a run's final/.
+    adapter: str = ""
+    output_dir: str | None = None
+    # The base to merge into; default: the base recorded in the adapter.
+    base: str | None = None
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    trust_remote_code: bool = False
+
+
+def export(config: ExportConfig) -> Path:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    adapter = Path(config.adapter)
+    adapter_config = adapter / "adapter_config.json"
+    if not config.adapter or not adapter_config.is_file():
+        raise ConfigError(f"adapter={config.adapter!r} is not a PEFT adapter directory (no adapter_config.json)")
+    if not config.output_dir:
+        raise ConfigError("export needs output_dir=<directory for the merged model>")
+    out = Path(config.output_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"output_dir {out} is not empty; choose a new directory for the merged model")
+    recorded = json.loads(adapter_config.read_text())
+    base = config.base or recorded.get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{adapter_config} records no base model; pass base=<path or hub id>")
+    is_score = recorded.get("task_type") == "SEQ_CLS"
+    kwargs = {"dtype": DTYPES[config.dtype], "trust_remote_code": config.trust_remote_code}
+    try:
+        if is_score:
+            model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(base), num_labels=1, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(resolve_model_path(base), **kwargs)
+    except OSError as err:
+        raise ModelError(f"base model {base!r} of adapter {adapter} could not be loaded: {err}") from None
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    tokenizer = load_tokenizer(str(adapter), config.trust_remote_code)
+    if is_score:
+        merged.config.pad_token_id = tokenizer.pad_token_id
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    say(f"merged {adapter} into {base}: {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return export(parse_args(ExportConfig, argv, "export", __doc__))
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -1,0 +1,34 @@
+"""Continued pre-training on raw text: the SFT loop with every token trained and packing on by default.
+
+python -m tunekit.recipes.pretrain                                  # embedded tiny model and text
+python -m tunekit.recipes.pretrain --config recipes/pretrain/llama-lora.yaml data.path=corpus.jsonl
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tunekit.data import synthetic
+from tunekit.data.sft import DataConfig
+from tunekit.errors import exit_on_user_error
+from tunekit.recipes import sft
+from tunekit.recipes.common import parse_args
+from tunekit.train.runner import RunResult
+
+
+def _text_data() -> DataConfig:
+    return DataConfig(format="text", packing=True, train_on_prompt=True, max_length=256)
+
+
+@dataclass
+class PretrainConfig(sft.SFTConfig):
+    data: DataConfig = field(default_factory=_text_data)
+
+
+def main(argv: list[str] | None = None) -> RunResult:
+    config = parse_args(PretrainConfig, argv, "pretrain", __doc__)
+    return sft.run(config, synthetic_rows=synthetic.text_corpus)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
