@@ -102,3 +102,36 @@ def model_inputs(batch: dict[str, torch.Tensor], model: Any) -> dict[str, torch.
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def collate_pairs(
+    pairs: list[Any], pad_id: int, pad_to_multiple_of: int = 1, padding_side: str = "right"
+) -> dict[str, torch.Tensor]:
+    """Preference pairs -> one batch of 2B sequences: rows [0, B) are prompt+chosen, rows [B, 2B) prompt+rejected.
+
+    ``labels`` [2B, T] hold the response tokens (IGNORE_INDEX on prompt and padding); ``position_ids`` count real
+    tokens only, so that left and right padding give the same outputs; ``margin`` [B]; ``num_items`` = B pairs.
+    """
+    sequences = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
+    prompt_lengths = [len(p.prompt_ids) for p in pairs] * 2
+    width = _round_up(max(len(s) for s in sequences), pad_to_multiple_of)
+    rows = len(sequences)
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    labels = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((rows, width), dtype=torch.long)
+    for b, (seq, n_prompt) in enumerate(zip(sequences, prompt_lengths, strict=True)):
+        start = 0 if padding_side == "right" else width - len(seq)
+        span = slice(start, start + len(seq))
+        input_ids[b, span] = torch.tensor(seq)
+        attention_mask[b, span] = 1
+        labels[b, start + n_prompt : start + len(seq)] = torch.tensor(seq[n_prompt:])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
+        "labels": labels,
+        "margin": torch.tensor([p.margin for p in pairs], dtype=torch.float32),
+        "num_items": torch.tensor(len(pairs)),
+        "num_tokens": attention_mask.sum(),
+        "example_ids": torch.tensor([p.index for p in pairs]),
+    }

@@ -8,6 +8,7 @@ bitsandbytes cannot run) raise :class:`~tunekit.errors.ModelError` before any tr
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,20 @@ def resolve_model_path(path: str) -> str:
     if path in TINY_MODELS:
         return str(tiny_model_path(path))
     return path
+
+
+def adapter_dir(path: str) -> Path | None:
+    """``path`` if it is a PEFT adapter directory (e.g. an earlier run's final/), else None."""
+    local = Path(path)
+    return local if (local / "adapter_config.json").is_file() else None
+
+
+def adapter_base(adapter: Path) -> str:
+    """The base model recorded in an adapter directory."""
+    recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not recorded:
+        raise ModelError(f"adapter {adapter} records no base model (base_model_name_or_path in adapter_config.json)")
+    return recorded
 
 
 def check_quantization_available(quantization: str) -> None:
@@ -79,8 +94,14 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | N
     return tokenizer
 
 
-def load_model(config: ModelConfig, head: Literal["causal-lm", "score"] = "causal-lm") -> torch.nn.Module:
-    """The base model of ``config`` with a language-model head or a one-output score head (no adapter yet)."""
+def load_model(
+    config: ModelConfig, head: Literal["causal-lm", "score"] = "causal-lm", merge_earlier_adapter: bool = True
+) -> torch.nn.Module:
+    """The base model of ``config`` with a language-model head or a one-output score head (no adapter yet).
+
+    ``model.path`` may be an earlier run's adapter directory: its recorded base is loaded and, with
+    ``merge_earlier_adapter``, the adapter is merged into it.
+    """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
 
     check_quantization_available(config.quantization)
@@ -101,18 +122,42 @@ def load_model(config: ModelConfig, head: Literal["causal-lm", "score"] = "causa
         )
     elif config.quantization == "8bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-    path = resolve_model_path(config.path)
+    earlier_adapter = adapter_dir(config.path)
+    path = resolve_model_path(adapter_base(earlier_adapter) if earlier_adapter else config.path)
     try:
         if head == "score":
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:
-        raise ModelError(_not_found_message(config.path, err)) from None
+        raise ModelError(_not_found_message(path, err)) from None
     if head == "score" and model.config.pad_token_id is None:
-        # The score head reads the last non-pad token; transformers needs to know the pad id for that.
+        # transformers refuses batches without a pad id even though tunekit reads scores from the mask.
         model.config.pad_token_id = model.config.eos_token_id
+    if earlier_adapter is not None and merge_earlier_adapter:
+        # Starting from an earlier run (e.g. SFT's final/): fold its adapter into the base, then train anew.
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, earlier_adapter).merge_and_unload()
     return model
+
+
+def load_score_model(path: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A reward model for scoring: a reward run's adapter directory on its base, or a merged model directory."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    adapter = adapter_dir(path)
+    base = resolve_model_path(adapter_base(adapter) if adapter else path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype)
+    except OSError as err:
+        raise ModelError(_not_found_message(base, err)) from None
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.eval()
 
 
 def _not_found_message(path: str, err: Exception) -> str:

@@ -12,7 +12,7 @@ import torch
 
 from tunekit.config import all_keys, load_config
 from tunekit.models.load import ModelConfig
-from tunekit.train.runner import TrainConfig, prepare_output_dir
+from tunekit.train.runner import RunSpec, TrainConfig, prepare_output_dir
 
 C = TypeVar("C")
 
@@ -63,14 +63,17 @@ def parse_args(cls: type[C], argv: list[str] | None, recipe: str, doc: str | Non
     return config
 
 
-def start_run(config: RecipeConfig) -> Path:
-    """Seed everything and check output_dir before any model or data is loaded; returns output_dir."""
+def start_run(config: RecipeConfig) -> tuple[Path, Path | None]:
+    """Check output_dir and seed everything, before any model or data is loaded.
+
+    Returns the run directory and the checkpoint to resume from (None for a fresh run).
+    """
     from accelerate.utils import set_seed
 
     output_dir = Path(config.output_dir or ".")
-    prepare_output_dir(output_dir, config.resume)
+    resume_from = prepare_output_dir(output_dir, config.resume)
     set_seed(config.seed)
-    return output_dir
+    return output_dir, resume_from
 
 
 def final_saver(tokenizer: Any):
@@ -89,3 +92,16 @@ def say(message: str) -> None:
 
     if os.environ.get("RANK", "0") == "0":
         print(message, file=sys.stderr, flush=True)
+
+
+def run_spec(config: RecipeConfig, output_dir: Path, resume_from: Path | None, **fields: Any) -> RunSpec:
+    """A RunSpec carrying the keys every recipe shares; ``fields`` add the recipe's items, collate, etc."""
+    return RunSpec(
+        output_dir=output_dir,
+        config=config,
+        train=config.train,
+        seed=config.seed,
+        max_steps=config.max_steps,
+        resume_from=resume_from,
+        **fields,
+    )

@@ -23,8 +23,8 @@ from tunekit.errors import exit_on_user_error
 from tunekit.losses.sft import token_cross_entropy
 from tunekit.models.adapters import apply_adapter, count_parameters
 from tunekit.models.load import load_model, load_tokenizer
-from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, say, start_run
-from tunekit.train.runner import RunResult, RunSpec, train
+from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_spec, say, start_run
+from tunekit.train.runner import RunResult, train
 
 
 @dataclass
@@ -43,7 +43,7 @@ def run(
     config: SFTConfig, synthetic_rows: Callable[[int, int], list[dict[str, Any]]] = synthetic.sft_examples
 ) -> RunResult:
     """Train per ``config``; ``synthetic_rows(n, seed)`` supplies the data when data.path is "synthetic"."""
-    output_dir = start_run(config)
+    output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
     examples, eval_examples, stats = load_sft_data(config.data, tokenizer, config.seed, synthetic_rows)
     for name, stat in stats.items():
@@ -63,13 +63,10 @@ def run(
     model = apply_adapter(model, config.model.adapter, gradient_checkpointing=config.model.gradient_checkpointing)
     counts = count_parameters(model)
     say(f"model: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
-    spec = RunSpec(
-        output_dir=output_dir,
-        config=config,
-        train=config.train,
-        seed=config.seed,
-        max_steps=config.max_steps,
-        resume=config.resume,
+    spec = run_spec(
+        config,
+        output_dir,
+        resume_from,
         items=items,
         collate=collate,
         eval_items=eval_items,

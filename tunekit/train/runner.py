@@ -72,7 +72,8 @@ class RunSpec:
     train: TrainConfig
     seed: int
     max_steps: int | None
-    resume: str | None
+    # The checkpoint to continue from, as found by prepare_output_dir (None: a fresh run).
+    resume_from: Path | None
     items: Sequence[Any]
     collate: Callable[[list[Any]], dict[str, Any]]
     eval_items: Sequence[Any] = ()
@@ -172,7 +173,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     cfg = spec.train
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 on the CPU")
-    resume_from = prepare_output_dir(spec.output_dir, spec.resume)
+    resume_from = spec.resume_from
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     world = accelerator.num_processes
     per_step = cfg.micro_batch_size * world * cfg.grad_accum_steps

@@ -1,0 +1,96 @@
+"""Preference pairs: explicit and implicit prompts, real hh-rlhf rows, and bad rows named."""
+
+import json
+
+import pytest
+
+from tunekit.data.pairs import PairDataConfig, implicit_prompt, load_pair_data, tokenize_pairs
+from tunekit.data.sources import Rows, read_rows
+from tunekit.errors import DataError
+
+
+def test_implicit_prompt_ends_at_the_last_shared_assistant_turn():
+    chosen = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: Why did the chicken"
+    rejected = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: No."
+    assert (
+        implicit_prompt(chosen, rejected, "\n\nAssistant:")
+        == "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant:"
+    )
+    # Responses that start alike are not eaten into the prompt.
+    assert implicit_prompt("Q\n\nAssistant: The cat", "Q\n\nAssistant: The dog", "\n\nAssistant:") == "Q\n\nAssistant:"
+
+
+def test_implicit_split_on_real_hh_rlhf_rows(tokenizer, shared_data):
+    rows = read_rows(str(shared_data / "hh-rlhf" / "harmless-base-test.jsonl"))
+    sample = rows.subset(list(range(50)))
+    pairs, stats = tokenize_pairs(sample, PairDataConfig(max_length=4096), tokenizer)
+    assert stats.rows == 50
+    for pair in pairs:
+        row = sample.rows[pair.index]
+        prompt = tokenizer.decode(pair.prompt_ids[1:])
+        assert prompt.endswith("\n\nAssistant:")
+        assert row["chosen"].startswith(prompt) and row["rejected"].startswith(prompt)
+        chosen = tokenizer.decode(pair.chosen_ids)
+        assert prompt + chosen == row["chosen"] + tokenizer.eos_token
+        assert "\n\nAssistant:" not in tokenizer.decode(pair.rejected_ids)[:1]
+
+
+def test_explicit_prompt_and_chat_messages(tokenizer):
+    rows = Rows(
+        "mem",
+        [
+            {"prompt": "Q: 1+1?", "chosen": " 2", "rejected": " 3", "margin": 1.5},
+            {
+                "prompt": [{"role": "user", "content": "1+1?"}],
+                "chosen": [{"role": "assistant", "content": "2"}],
+                "rejected": [{"role": "assistant", "content": "3"}],
+            },
+        ],
+    )
+    pairs, _ = tokenize_pairs(rows, PairDataConfig(), tokenizer)
+    assert pairs[0].margin == 1.5 and pairs[1].margin == 0.0
+    assert pairs[0].prompt_ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(pairs[1].prompt_ids).endswith("<|assistant|>\n")
+    assert tokenizer.decode(pairs[1].chosen_ids) == "2</s>"
+
+
+def write(tmp_path, rows):
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("rows", "overrides", "message"),
+    [
+        ([{"prompt": "a", "chosen": "b"}], {}, "p.jsonl line 1: missing column 'rejected'"),
+        (
+            [{"prompt": "a", "chosen": "b", "rejected": "c", "margin": "big"}],
+            {},
+            "p.jsonl line 1: column 'margin' must be a finite number, got 'big'",
+        ),
+        (
+            [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b", "rejected": "b"}],
+            {"identical_pairs": "error"},
+            "p.jsonl line 2: chosen and rejected responses are identical",
+        ),
+        (
+            [{"prompt": "word " * 50, "chosen": "b", "rejected": "c"}],
+            {"max_length": 16},
+            "p.jsonl line 1: the prompt has",
+        ),
+        ([{"chosen": "abc", "rejected": "xyz"}], {}, "line 1: no prompt column and chosen/rejected share no beginning"),
+    ],
+)
+def test_bad_pairs_name_the_row(tokenizer, tmp_path, rows, overrides, message):
+    config = PairDataConfig(path=write(tmp_path, rows), eval_fraction=0, **overrides)
+    with pytest.raises(DataError, match=message.replace("(", r"\(")):
+        load_pair_data(config, tokenizer, 0, lambda n, s: [])
+
+
+def test_identical_pairs_are_dropped_and_counted(tokenizer, tmp_path):
+    rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b", "rejected": "b"}]
+    pairs, _, stats = load_pair_data(
+        PairDataConfig(path=write(tmp_path, rows), eval_fraction=0), tokenizer, 0, lambda n, s: []
+    )
+    assert len(pairs) == 1 and stats["train"].identical_dropped == 1

@@ -1,0 +1,230 @@
+"""Preference pairs: rows with a prompt and a chosen and a rejected response, tokenized for reward and DPO.
+
+A row gives its prompt explicitly (``prompt`` + ``chosen`` + ``rejected``; the prompt a string or chat messages,
+the responses strings or one assistant message) or implicitly: ``chosen`` and ``rejected`` are whole transcripts
+that share a beginning, as in Anthropic's hh-rlhf, and the prompt is their shared text up to and including the
+last ``data.prompt_delimiter`` ("\\n\\nAssistant:") inside it. Chat transcripts (lists of messages) with no prompt
+split at the messages they share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tunekit.data.formats import ROLES, render_chat
+from tunekit.data.sft import split_off
+from tunekit.data.sources import Rows, read_rows
+from tunekit.errors import ConfigError, DataError
+
+
+@dataclass
+class PairDataConfig:
+    # A .jsonl/.json/.parquet/.csv file, a dataset directory, a hub id, or "synthetic" (tunekit's own pairs).
+    path: str = "synthetic"
+    split: str = "train"
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    # Optional per-pair margin for the reward loss; rows without the column get 0.
+    margin_column: str = "margin"
+    # Where an implicit prompt ends, when rows have no prompt column.
+    prompt_delimiter: str = "\n\nAssistant:"
+    # How a string prompt is written before its response; {prompt} is replaced by the prompt.
+    prompt_template: str = "{prompt}"
+    eval_path: str | None = None
+    eval_split: str = "train"
+    eval_fraction: float = 0.1
+    # Prompt + response tokens; responses are cut at the end to fit.
+    max_length: int = 512
+    # Prompts longer than this keep their last tokens (the part next to the response); null: no limit.
+    max_prompt_length: int | None = None
+    # Pairs whose chosen and rejected responses are identical carry no preference: drop (and count) or error.
+    identical_pairs: Literal["drop", "error"] = "drop"
+    synthetic_size: int = 2000
+    max_examples: int | None = None
+
+
+@dataclass
+class PairExample:
+    """One tokenized pair. ``prompt_ids`` start with BOS where the tokenizer has one; responses end with EOS."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    margin: float
+    index: int
+
+
+@dataclass
+class PairStats:
+    rows: int = 0
+    identical_dropped: int = 0
+    prompt_truncated: int = 0
+    response_truncated: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.rows} rows -> {self.rows - self.identical_dropped} pairs; {self.identical_dropped} identical pairs "
+            f"dropped, {self.prompt_truncated} prompts and {self.response_truncated} responses truncated"
+        )
+
+
+def split_pair(row: dict[str, Any], config: PairDataConfig, tokenizer: Any, where: str) -> tuple[str, str, str, bool]:
+    """``(prompt_text, chosen_text, rejected_text, add_bos)`` of one row, before tokenization."""
+    for column in (config.chosen_column, config.rejected_column):
+        if column not in row or row[column] is None:
+            raise DataError(f"{where}: missing column {column!r} (the row has {sorted(row)})")
+    chosen, rejected = row[config.chosen_column], row[config.rejected_column]
+    prompt = row.get(config.prompt_column)
+    if prompt is None:
+        return _implicit_split(chosen, rejected, config.prompt_delimiter, tokenizer, where)
+    if isinstance(prompt, list):
+        prompt_text = render_chat(_messages(prompt, where), tokenizer, add_generation_prompt=True)
+        return prompt_text, _response(chosen, where, tokenizer), _response(rejected, where, tokenizer), False
+    if not isinstance(prompt, str):
+        raise DataError(f"{where}: column {config.prompt_column!r} must be a string or a list of messages")
+    prompt_text = config.prompt_template.replace("{prompt}", prompt)
+    return prompt_text, _response(chosen, where, tokenizer), _response(rejected, where, tokenizer), True
+
+
+def implicit_prompt(chosen: str, rejected: str, delimiter: str) -> str:
+    """The shared beginning of two transcripts, up to and including the last ``delimiter`` inside it."""
+    shared = 0
+    for a, b in zip(chosen, rejected, strict=False):
+        if a != b:
+            break
+        shared += 1
+    common = chosen[:shared]
+    cut = common.rfind(delimiter)
+    if cut >= 0:
+        return common[: cut + len(delimiter)]
+    return common
+
+
+def _implicit_split(
+    chosen: Any, rejected: Any, delimiter: str, tokenizer: Any, where: str
+) -> tuple[str, str, str, bool]:
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        chosen_m, rejected_m = _messages(chosen, where), _messages(rejected, where)
+        shared = 0
+        while shared < min(len(chosen_m), len(rejected_m)) - 1 and chosen_m[shared] == rejected_m[shared]:
+            shared += 1
+        if shared == 0 or chosen_m[-1]["role"] != "assistant" or rejected_m[-1]["role"] != "assistant":
+            raise DataError(
+                f"{where}: chat pairs without a prompt column must share their first messages and end "
+                "with an assistant message"
+            )
+        prompt_text = render_chat(chosen_m[:shared], tokenizer, add_generation_prompt=True)
+        full_c = render_chat(chosen_m, tokenizer, add_generation_prompt=False)
+        full_r = render_chat(rejected_m, tokenizer, add_generation_prompt=False)
+        if not (full_c.startswith(prompt_text) and full_r.startswith(prompt_text)):
+            raise DataError(f"{where}: the chat template renders the shared prompt differently inside each transcript")
+        return prompt_text, full_c[len(prompt_text) :], full_r[len(prompt_text) :], False
+    if not isinstance(chosen, str) or not isinstance(rejected, str):
+        raise DataError(f"{where}: chosen and rejected must both be strings or both be lists of messages")
+    prompt = implicit_prompt(chosen, rejected, delimiter)
+    if not prompt:
+        raise DataError(
+            f"{where}: no prompt column and chosen/rejected share no beginning, so the prompt cannot be found; "
+            "add a prompt column or set data.prompt_column"
+        )
+    eos = tokenizer.eos_token or ""
+    return prompt, chosen[len(prompt) :] + eos, rejected[len(prompt) :] + eos, True
+
+
+def _response(value: Any, where: str, tokenizer: Any) -> str:
+    eos = tokenizer.eos_token or ""
+    if isinstance(value, str):
+        return value + eos
+    if (
+        isinstance(value, list)
+        and len(value) == 1
+        and isinstance(value[0], dict)
+        and value[0].get("role") == "assistant"
+    ):
+        return str(value[0].get("content", "")) + eos
+    raise DataError(f"{where}: chosen and rejected must be strings or one assistant message each")
+
+
+def _messages(value: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: expected a non-empty list of messages")
+    for j, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: message {j} needs a 'role' ({', '.join(ROLES)}) and a string 'content'")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def tokenize_pairs(rows: Rows, config: PairDataConfig, tokenizer: Any) -> tuple[list[PairExample], PairStats]:
+    """Tokenize every pair; errors name the row; identical pairs are dropped or refused per config."""
+    if len(rows) == 0:
+        raise DataError(f"{rows.source} holds no rows")
+    if "{prompt}" not in config.prompt_template:
+        raise ConfigError(f"data.prompt_template {config.prompt_template!r} must contain {{prompt}}")
+    stats = PairStats(rows=len(rows))
+    pairs = []
+    bos = tokenizer.bos_token_id
+    for i, row in enumerate(rows.rows):
+        where = rows.where(i)
+        prompt, chosen, rejected, add_bos = split_pair(row, config, tokenizer, where)
+        if chosen == rejected:
+            if config.identical_pairs == "error":
+                raise DataError(f"{where}: chosen and rejected responses are identical")
+            stats.identical_dropped += 1
+            continue
+        margin = _margin(row, config.margin_column, where)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if add_bos and bos is not None:
+            prompt_ids = [bos] + prompt_ids
+        if config.max_prompt_length is not None and len(prompt_ids) > config.max_prompt_length:
+            stats.prompt_truncated += 1
+            prompt_ids = prompt_ids[-config.max_prompt_length :]
+        room = config.max_length - len(prompt_ids)
+        if room < 1:
+            raise DataError(
+                f"{where}: the prompt has {len(prompt_ids)} tokens and leaves no room for the response within "
+                f"data.max_length={config.max_length}; raise data.max_length or set data.max_prompt_length"
+            )
+        chosen_ids = tokenizer(chosen, add_special_tokens=False)["input_ids"]
+        rejected_ids = tokenizer(rejected, add_special_tokens=False)["input_ids"]
+        if len(chosen_ids) > room or len(rejected_ids) > room:
+            stats.response_truncated += 1
+        pairs.append(PairExample(prompt_ids, chosen_ids[:room], rejected_ids[:room], margin, i))
+    if not pairs:
+        raise DataError(f"every pair of {rows.source} was dropped (chosen identical to rejected)")
+    return pairs, stats
+
+
+def _margin(row: dict[str, Any], column: str, where: str) -> float:
+    value = row.get(column)
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DataError(f"{where}: column {column!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def load_pair_data(
+    config: PairDataConfig, tokenizer: Any, seed: int, synthetic: Callable[[int, int], list[dict[str, Any]]]
+) -> tuple[list[PairExample], list[PairExample], dict[str, PairStats]]:
+    """Train and held-out pairs for ``config``; ``synthetic(n, seed)`` makes rows when path is "synthetic"."""
+    if config.path == "synthetic":
+        train_rows = Rows("synthetic", synthetic(config.synthetic_size, seed))
+        n_eval = max(1, int(config.synthetic_size * config.eval_fraction)) if config.eval_fraction > 0 else 0
+        eval_rows = Rows("synthetic-eval", synthetic(n_eval, seed + 10_000)) if n_eval else None
+    else:
+        train_rows = read_rows(config.path, config.split)
+        eval_rows = read_rows(config.eval_path, config.eval_split) if config.eval_path else None
+        if config.max_examples is not None:
+            train_rows = train_rows.subset(list(range(min(config.max_examples, len(train_rows)))))
+        if eval_rows is None and config.eval_fraction > 0:
+            train_rows, eval_rows = split_off(train_rows, config.eval_fraction, seed)
+    train, train_stats = tokenize_pairs(train_rows, config, tokenizer)
+    stats = {"train": train_stats}
+    evals: list[PairExample] = []
+    if eval_rows is not None and len(eval_rows):
+        evals, stats["eval"] = tokenize_pairs(eval_rows, config, tokenizer)
+    return train, evals, stats
