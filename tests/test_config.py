@@ -64,3 +64,13 @@ def test_bad_yaml_file_is_named(tmp_path):
         load_config(Outer, path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Outer, tmp_path / "missing.yaml")
+
+
+@dataclass
+class Recipe:
+    inner: Inner = field(default_factory=lambda: Inner(lr=0.5, steps=99))
+
+
+def test_overriding_one_key_keeps_the_recipe_defaults_of_its_section():
+    config = load_config(Recipe, None, ["inner.kind=b"])
+    assert (config.inner.lr, config.inner.steps, config.inner.kind) == (0.5, 99, "b")

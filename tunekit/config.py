@@ -44,18 +44,30 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, raw)
 
 
-def from_dict(cls: type[C], raw: dict[str, Any], prefix: str = "") -> C:
-    """Build dataclass ``cls`` from a nested dict, checking every key and value type."""
+def from_dict(cls: type[C], raw: dict[str, Any], prefix: str = "", base: C | None = None) -> C:
+    """Build dataclass ``cls`` from a nested dict, checking every key and value type.
+
+    Keys not given keep their values in ``base`` (default: ``cls()``), so overriding one key of a section keeps
+    the recipe's own defaults for the rest of that section.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    base = cls() if base is None else base
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in fields:
             raise ConfigError(_unknown_key_message(prefix + str(key), list(fields), prefix))
-        kwargs[key] = _coerce(value, hints[key], prefix + key)
-    return cls(**kwargs)
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and value is not None:
+            kwargs[key] = from_dict(hint, value, prefix=f"{prefix}{key}.", base=getattr(base, key))  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _coerce(value, hint, prefix + key)
+    try:
+        return dataclasses.replace(base, **kwargs)  # type: ignore[type-var]
+    except ValueError as err:  # a section's own consistency checks (__post_init__)
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

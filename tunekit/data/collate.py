@@ -110,7 +110,8 @@ def collate_pairs(
     """Preference pairs -> one batch of 2B sequences: rows [0, B) are prompt+chosen, rows [B, 2B) prompt+rejected.
 
     ``labels`` [2B, T] hold the response tokens (IGNORE_INDEX on prompt and padding); ``position_ids`` count real
-    tokens only, so that left and right padding give the same outputs; ``margin`` [B]; ``num_items`` = B pairs.
+    tokens only, so that left and right padding give the same outputs; ``margin`` [B]; ``num_items`` = B pairs;
+    ``ref_logps`` [B, 2] when every pair carries precomputed reference log-probs.
     """
     sequences = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
     prompt_lengths = [len(p.prompt_ids) for p in pairs] * 2
@@ -125,7 +126,7 @@ def collate_pairs(
         input_ids[b, span] = torch.tensor(seq)
         attention_mask[b, span] = 1
         labels[b, start + n_prompt : start + len(seq)] = torch.tensor(seq[n_prompt:])
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
@@ -135,3 +136,6 @@ def collate_pairs(
         "num_tokens": attention_mask.sum(),
         "example_ids": torch.tensor([p.index for p in pairs]),
     }
+    if all(getattr(p, "ref_logps", None) is not None for p in pairs):
+        batch["ref_logps"] = torch.tensor([p.ref_logps for p in pairs], dtype=torch.float32)  # [B, 2]
+    return batch

@@ -56,6 +56,8 @@ class PairExample:
     rejected_ids: list[int]
     margin: float
     index: int
+    # (chosen, rejected) log-probs under the reference policy, when they were computed before training.
+    ref_logps: tuple[float, float] | None = None
 
 
 @dataclass

@@ -1,0 +1,30 @@
+"""Log-probabilities of given tokens under a causal LM, for preference and RL losses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tunekit.losses.reduce import selective_log_softmax
+from tunekit.losses.sft import IGNORE_INDEX
+
+
+def token_logps(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of ``batch["labels"]`` and the mask of positions that have a label.
+
+    Returns ``(logps [B, T-1], mask [B, T-1])``: position t holds log p(labels[t+1] | tokens <= t); masked
+    positions hold 0. Only the chosen tokens' log-probs are gathered, never a full-vocabulary log-softmax.
+    """
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    logits = model(**inputs).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    logps = selective_log_softmax(logits, labels.clamp(min=0))
+    return logps * mask, mask
+
+
+def sequence_logps(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(summed log-probs [B], label-token counts [B])`` of each row's labelled tokens."""
+    logps, mask = token_logps(model, batch)
+    return logps.sum(-1), mask.sum(-1)

@@ -1,0 +1,69 @@
+"""The reference policy, without a second copy of the weights whenever an adapter makes that possible.
+
+Three ways, chosen by how the policy was built:
+
+- ``adapter_disabled``: a fresh adapter on the base; the reference is the base, i.e. the same model with the
+  adapter switched off.
+- ``reference_adapter``: the policy continues an earlier run's adapter (e.g. SFT's final/); a frozen copy of that
+  adapter is loaded beside it under the name "reference" (adapter weights only) and switched in for the pass.
+- ``frozen_copy``: full fine-tuning; a frozen copy of the starting weights is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any, Literal, TypeVar
+
+import torch
+
+REFERENCE_ADAPTER = "reference"
+T = TypeVar("T")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel (or similar) wrapper."""
+    return getattr(model, "module", model)
+
+
+class ReferencePolicy:
+    def __init__(self, kind: Literal["adapter_disabled", "reference_adapter", "frozen_copy"], frozen=None) -> None:
+        self.kind = kind
+        self.frozen = frozen
+
+    @classmethod
+    def for_policy(cls, policy: torch.nn.Module) -> ReferencePolicy:
+        peft_config = getattr(unwrap(policy), "peft_config", None)
+        if not peft_config:
+            frozen = copy.deepcopy(unwrap(policy)).eval()
+            frozen.requires_grad_(False)
+            return cls("frozen_copy", frozen)
+        if REFERENCE_ADAPTER in peft_config:
+            return cls("reference_adapter")
+        return cls("adapter_disabled")
+
+    @torch.no_grad()
+    def run(self, policy: torch.nn.Module, fn: Callable[[torch.nn.Module], T]) -> T:
+        """``fn(model)`` evaluated under the reference policy, without gradients."""
+        if self.kind == "frozen_copy":
+            device = next(policy.parameters()).device
+            if next(self.frozen.parameters()).device != device:
+                self.frozen.to(device)
+            return fn(self.frozen)
+        with self._switched(unwrap(policy)):
+            return fn(policy)
+
+    @contextmanager
+    def _switched(self, peft_model: Any):
+        if self.kind == "adapter_disabled":
+            with peft_model.disable_adapter():
+                yield
+            return
+        active = peft_model.active_adapter
+        peft_model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+        try:
+            yield
+        finally:
+            # Switching back makes the policy adapter trainable again; the reference stays frozen.
+            peft_model.set_adapter(active)

@@ -1,0 +1,190 @@
+"""Direct preference optimisation and its family (IPO, hinge, robust, SimPO, ORPO) on preference pairs.
+
+    python -m tunekit.recipes.dpo                                    # tiny model, generated pairs, offline
+    python -m tunekit.recipes.dpo loss.loss_type=ipo loss.beta=0.5
+    python -m tunekit.recipes.dpo --config recipes/dpo/hh-rlhf-tiny.yaml
+    python -m tunekit.recipes.dpo model.path=runs/sft-.../final      # continue an SFT run's adapter
+
+Chosen and rejected go through the model in one forward pass. Under an adapter the reference policy is the same
+weights with the adapter off (or a frozen copy of the SFT adapter being continued), so no second model is held.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tunekit.data import synthetic
+from tunekit.data.collate import collate_pairs
+from tunekit.data.pairs import PairDataConfig, PairExample, load_pair_data
+from tunekit.errors import ConfigError, exit_on_user_error
+from tunekit.losses.preference import REFERENCE_FREE, PairLogps, PreferenceLossConfig, preference_loss
+from tunekit.models.adapters import apply_adapter, count_parameters
+from tunekit.models.load import adapter_dir, load_model, load_tokenizer
+from tunekit.models.logprobs import sequence_logps
+from tunekit.models.reference import REFERENCE_ADAPTER, ReferencePolicy
+from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_spec, say, start_run
+from tunekit.train.runner import RunResult, TrainConfig, train
+
+REFERENCE_FILE = "reference_logps.safetensors"
+
+
+def _dpo_train() -> TrainConfig:
+    return TrainConfig(lr=1e-3, epochs=1, micro_batch_size=8, eval_every=50)
+
+
+@dataclass
+class DPOConfig(RecipeConfig):
+    data: PairDataConfig = field(default_factory=PairDataConfig)
+    loss: PreferenceLossConfig = field(default_factory=PreferenceLossConfig)
+    # Reference log-probs: computed each step ("on_the_fly"), or once before training ("precompute"), saved in
+    # the run directory and reused on resume. Reference-free types (simpo, orpo) take none (leave it null).
+    reference: Literal["on_the_fly", "precompute"] | None = None
+    train: TrainConfig = field(default_factory=_dpo_train)
+
+
+def dpo_step(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    loss_config: PreferenceLossConfig,
+    reference: ReferencePolicy | None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Summed preference loss over the batch's pairs (rows [0, B) chosen, [B, 2B) rejected)."""
+    sums, counts = sequence_logps(model, batch)
+    chosen, rejected = sums.chunk(2)
+    chosen_tokens, rejected_tokens = counts.chunk(2)
+    ref_chosen = ref_rejected = None
+    if "ref_logps" in batch:
+        ref_chosen, ref_rejected = batch["ref_logps"].unbind(1)
+    elif reference is not None:
+        ref_sums, _ = reference.run(model, lambda m: sequence_logps(m, batch))
+        ref_chosen, ref_rejected = ref_sums.chunk(2)
+    logps = PairLogps(chosen, rejected, chosen_tokens, rejected_tokens, ref_chosen, ref_rejected)
+    losses, metrics = preference_loss(logps, loss_config)
+    return losses.sum(), metrics
+
+
+def reference_logps(
+    model: torch.nn.Module, reference: ReferencePolicy, pairs: list[PairExample], collate: Any, batch_size: int
+) -> torch.Tensor:
+    """[N, 2] reference log-probs (chosen, rejected) of ``pairs``, in one pass."""
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        batch = collate(pairs[start : start + batch_size])
+        sums, _ = reference.run(model, lambda m, b=batch: sequence_logps(m, b))
+        out.append(torch.stack(sums.chunk(2), dim=1))
+    return torch.cat(out).float()
+
+
+def attach_reference(pairs: list[PairExample], logps: torch.Tensor) -> list[PairExample]:
+    for pair, (chosen, rejected) in zip(pairs, logps.tolist(), strict=True):
+        pair.ref_logps = (chosen, rejected)
+    return pairs
+
+
+def precompute_reference(
+    output_dir: Path,
+    model: torch.nn.Module,
+    reference: ReferencePolicy,
+    splits: dict[str, list[PairExample]],
+    collate: Any,
+    batch_size: int,
+) -> None:
+    """Attach reference log-probs to every pair, from the run directory if an earlier attempt saved them."""
+    path = output_dir / REFERENCE_FILE
+    saved = load_file(str(path)) if path.is_file() else {}
+    computed = {}
+    for name, pairs in splits.items():
+        if not pairs:
+            continue
+        if name in saved and saved[name].shape[0] == len(pairs):
+            logps = saved[name]
+        else:
+            say(f"precomputing reference log-probs for {len(pairs)} {name} pairs")
+            logps = reference_logps(model, reference, pairs, collate, batch_size)
+        computed[name] = logps
+        attach_reference(pairs, logps)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(computed, str(tmp))
+    tmp.replace(path)
+
+
+def check_reference_setting(config: DPOConfig) -> None:
+    reference_free = config.loss.loss_type in REFERENCE_FREE
+    if reference_free and config.reference is not None:
+        raise ConfigError(
+            f"loss.loss_type={config.loss.loss_type} is reference-free, but reference={config.reference} was given; "
+            "leave reference unset (null)"
+        )
+
+
+def build_policy(config: DPOConfig) -> torch.nn.Module:
+    """The policy: a fresh adapter on the base, or an earlier run's adapter continued (plus a frozen twin)."""
+    earlier = adapter_dir(config.model.path)
+    if earlier is None or config.model.adapter.method == "full":
+        model = load_model(config.model)
+        return apply_adapter(model, config.model.adapter, gradient_checkpointing=config.model.gradient_checkpointing)
+    from peft import PeftModel
+
+    base = load_model(config.model, merge_earlier_adapter=False)
+    if config.model.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    policy = PeftModel.from_pretrained(base, earlier, is_trainable=True)
+    if config.loss.loss_type not in REFERENCE_FREE:
+        policy.load_adapter(earlier, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        policy.set_adapter("default")
+    return policy
+
+
+def run(config: DPOConfig) -> RunResult:
+    check_reference_setting(config)
+    output_dir, resume_from = start_run(config)
+    tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
+    pairs, eval_pairs, stats = load_pair_data(config.data, tokenizer, config.seed, synthetic.preference_pairs)
+    for name, stat in stats.items():
+        say(f"data ({name}): {stat.summary()}")
+    collate = partial(collate_pairs, pad_id=tokenizer.pad_token_id, pad_to_multiple_of=config.train.pad_to_multiple_of)
+
+    model = build_policy(config)
+    counts = count_parameters(model)
+    say(f"policy: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
+    reference = None if config.loss.loss_type in REFERENCE_FREE else ReferencePolicy.for_policy(model)
+    if reference is not None:
+        say(f"reference policy: {reference.kind.replace('_', ' ')}")
+    if config.reference == "precompute":
+        precompute_reference(
+            output_dir, model, reference, {"train": pairs, "eval": eval_pairs}, collate, config.train.micro_batch_size
+        )
+    spec = run_spec(
+        config,
+        output_dir,
+        resume_from,
+        items=pairs,
+        collate=collate,
+        eval_items=eval_pairs,
+        save_final=final_saver(tokenizer),
+    )
+    result = train(spec, model, partial(dpo_step, loss_config=config.loss, reference=reference))
+    last = result.history[-1] if result.history else {}
+    if "eval/rewards/accuracy" in last:
+        say(
+            f"held-out implicit-reward accuracy {last['eval/rewards/accuracy']:.3f}, "
+            f"margin {last['eval/rewards/margin']:.3f}"
+        )
+    say(f"done: {result.step} steps; run directory {output_dir}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> RunResult:
+    return run(parse_args(DPOConfig, argv, "dpo", __doc__))
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
