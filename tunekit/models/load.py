@@ -136,9 +136,12 @@ def load_model(
         model.config.pad_token_id = model.config.eos_token_id
     if earlier_adapter is not None and merge_earlier_adapter:
         # Starting from an earlier run (e.g. SFT's final/): fold its adapter into the base, then train anew.
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel
 
-        model = PeftModel.from_pretrained(model, earlier_adapter).merge_and_unload()
+        adapter_config = PeftConfig.from_pretrained(str(earlier_adapter))
+        # No task type: the plain PeftModel wrapper, which fits a causal-LM adapter onto a score-head model too.
+        adapter_config.task_type = None
+        model = PeftModel.from_pretrained(model, earlier_adapter, config=adapter_config).merge_and_unload()
     return model
 
 

@@ -80,7 +80,11 @@ def final_saver(tokenizer: Any):
     """A ``save_final(model, dir)`` that writes Hugging Face files (adapter or full weights) plus the tokenizer."""
 
     def save(model: torch.nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory)
+        if getattr(model, "peft_config", None):
+            # Only the trained adapter: a frozen reference twin (see models/reference.py) is not part of the result.
+            model.save_pretrained(directory, selected_adapters=[model.active_adapter])
+        else:
+            model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
 
     return save

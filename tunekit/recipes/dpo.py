@@ -35,13 +35,18 @@ REFERENCE_FILE = "reference_logps.safetensors"
 
 
 def _dpo_train() -> TrainConfig:
-    return TrainConfig(lr=1e-3, epochs=1, micro_batch_size=8, eval_every=50)
+    # Tuned for the embedded tiny model; real checkpoints want far smaller rates (see recipes/dpo/*.yaml).
+    return TrainConfig(lr=2e-3, epochs=2, micro_batch_size=8, eval_every=50)
+
+
+def _dpo_loss() -> PreferenceLossConfig:
+    return PreferenceLossConfig(beta=0.2)
 
 
 @dataclass
 class DPOConfig(RecipeConfig):
     data: PairDataConfig = field(default_factory=PairDataConfig)
-    loss: PreferenceLossConfig = field(default_factory=PreferenceLossConfig)
+    loss: PreferenceLossConfig = field(default_factory=_dpo_loss)
     # Reference log-probs: computed each step ("on_the_fly"), or once before training ("precompute"), saved in
     # the run directory and reused on resume. Reference-free types (simpo, orpo) take none (leave it null).
     reference: Literal["on_the_fly", "precompute"] | None = None

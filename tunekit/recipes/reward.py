@@ -34,7 +34,8 @@ class RewardLossConfig:
 
 
 def _reward_train() -> TrainConfig:
-    return TrainConfig(lr=2e-3, epochs=2, micro_batch_size=8)
+    # Tuned for the embedded tiny model; see recipes/reward/*.yaml for real checkpoints.
+    return TrainConfig(lr=2e-3, epochs=2, micro_batch_size=8, eval_every=100)
 
 
 @dataclass

@@ -231,6 +231,13 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             batches.append(_to_device(spec.collate([spec.items[i] for i in mine]), accelerator.device))
         return batches
 
+    if cfg.eval_every and start_step == 0:
+        # A step-0 evaluation is the baseline every curve is read against.
+        baseline = {"step": 0, "epoch": 0.0, **_evaluate(spec, model, step_fn, accelerator)}
+        if len(baseline) > 2:
+            history.append(baseline)
+            if log is not None:
+                log.write(baseline)
     bad_in_a_row = 0
     step = start_step
     window_tokens, window_start = 0, time.perf_counter()
