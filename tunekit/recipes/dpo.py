@@ -24,10 +24,11 @@ from tunekit.data.collate import collate_pairs
 from tunekit.data.pairs import PairDataConfig, PairExample, load_pair_data
 from tunekit.errors import ConfigError, exit_on_user_error
 from tunekit.losses.preference import REFERENCE_FREE, PairLogps, PreferenceLossConfig, preference_loss
-from tunekit.models.adapters import apply_adapter, count_parameters
-from tunekit.models.load import adapter_dir, load_model, load_tokenizer
+from tunekit.models.adapters import count_parameters
+from tunekit.models.load import load_tokenizer
 from tunekit.models.logprobs import sequence_logps
-from tunekit.models.reference import REFERENCE_ADAPTER, ReferencePolicy
+from tunekit.models.policy import build_policy
+from tunekit.models.reference import ReferencePolicy
 from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_spec, say, start_run
 from tunekit.train.runner import RunResult, TrainConfig, train
 
@@ -129,25 +130,6 @@ def check_reference_setting(config: DPOConfig) -> None:
         )
 
 
-def build_policy(config: DPOConfig) -> torch.nn.Module:
-    """The policy: a fresh adapter on the base, or an earlier run's adapter continued (plus a frozen twin)."""
-    earlier = adapter_dir(config.model.path)
-    if earlier is None or config.model.adapter.method == "full":
-        model = load_model(config.model)
-        return apply_adapter(model, config.model.adapter, gradient_checkpointing=config.model.gradient_checkpointing)
-    from peft import PeftModel
-
-    base = load_model(config.model, merge_earlier_adapter=False)
-    if config.model.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()
-    policy = PeftModel.from_pretrained(base, earlier, is_trainable=True)
-    if config.loss.loss_type not in REFERENCE_FREE:
-        policy.load_adapter(earlier, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
-        policy.set_adapter("default")
-    return policy
-
-
 def run(config: DPOConfig) -> RunResult:
     check_reference_setting(config)
     output_dir, resume_from = start_run(config)
@@ -157,7 +139,7 @@ def run(config: DPOConfig) -> RunResult:
         say(f"data ({name}): {stat.summary()}")
     collate = partial(collate_pairs, pad_id=tokenizer.pad_token_id, pad_to_multiple_of=config.train.pad_to_multiple_of)
 
-    model = build_policy(config)
+    model = build_policy(config.model, reference_adapter=config.loss.loss_type not in REFERENCE_FREE)
     counts = count_parameters(model)
     say(f"policy: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
     reference = None if config.loss.loss_type in REFERENCE_FREE else ReferencePolicy.for_policy(model)

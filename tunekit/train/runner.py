@@ -80,6 +80,11 @@ class RunSpec:
     # Extra evaluation (generation, accuracy...) returning {"name": value}; logged as "eval/name".
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
     save_final: Callable[[torch.nn.Module, Path], None] | None = None
+    # Turns the sampled micro-batches of a step into the batches trained on (e.g. prompts -> scored rollouts),
+    # before the step's item count is taken: prepare(model, micro_batches, step) -> micro_batches.
+    prepare: Callable[[torch.nn.Module, list[dict[str, Any]], int], list[dict[str, Any]]] | None = None
+    # Optimizer steps taken on each prepared batch (several PPO/GRPO passes over one set of rollouts).
+    passes_per_batch: int = 1
     extra_state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -177,7 +182,8 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     world = accelerator.num_processes
     per_step = cfg.micro_batch_size * world * cfg.grad_accum_steps
-    steps_per_epoch = len(spec.items) // per_step
+    data_steps_per_epoch = len(spec.items) // per_step
+    steps_per_epoch = data_steps_per_epoch * spec.passes_per_batch
     if steps_per_epoch == 0:
         raise ConfigError(
             f"one optimizer step needs {per_step} items (micro_batch_size {cfg.micro_batch_size} x "
@@ -222,7 +228,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
 
     def micro_batches(step: int) -> list[dict[str, Any]]:
         """The micro-batches this process trains on at optimizer step ``step`` (0-based)."""
-        epoch, within = divmod(step, steps_per_epoch)
+        epoch, within = divmod(step // spec.passes_per_batch, data_steps_per_epoch)
         order = torch.randperm(len(spec.items), generator=torch.Generator().manual_seed(spec.seed + epoch)).tolist()
         batches = []
         for k in range(cfg.grad_accum_steps):
@@ -242,9 +248,14 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     step = start_step
     window_tokens, window_start = 0, time.perf_counter()
     with _StopSignal() as stop:
+        prepared: list[dict[str, Any]] | None = None
         while step < total_steps:
+            if prepared is None or step % spec.passes_per_batch == 0:
+                prepared = micro_batches(step)
+                if spec.prepare is not None:
+                    prepared = spec.prepare(model, prepared, step)
+            batches = prepared
             model.train()
-            batches = micro_batches(step)
             step_items = _global_sum(accelerator, sum(float(b["num_items"]) for b in batches))
             loss_total = torch.zeros((), device=accelerator.device)
             sums: dict[str, float] = {}

@@ -1,0 +1,63 @@
+"""Rollouts: KV-cached generation, masks and group layout."""
+
+import torch
+
+from tunekit.data import synthetic
+from tunekit.models.load import ModelConfig, load_model
+from tunekit.rl.rollout import PromptExample, SamplingConfig, generate_rollout
+
+
+def prompts(tokenizer, n=3):
+    rows = synthetic.prompts_with_answers(n, seed=1)
+    return [
+        PromptExample(
+            r["prompt"],
+            [tokenizer.bos_token_id] + tokenizer(r["prompt"], add_special_tokens=False)["input_ids"],
+            {"answer": r["answer"]},
+            i,
+        )
+        for i, r in enumerate(rows)
+    ]
+
+
+def test_kv_cache_gives_the_same_greedy_tokens(tiny_llama_path, tokenizer):
+    model = load_model(ModelConfig(path=tiny_llama_path)).eval()
+    batch = prompts(tokenizer, 4)
+    width = max(len(p.prompt_ids) for p in batch)
+    ids = torch.full((4, width), tokenizer.pad_token_id)
+    mask = torch.zeros((4, width), dtype=torch.long)
+    for b, p in enumerate(batch):
+        ids[b, width - len(p.prompt_ids) :] = torch.tensor(p.prompt_ids)
+        mask[b, width - len(p.prompt_ids) :] = 1
+    kwargs = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        cached = model.generate(ids, use_cache=True, **kwargs)
+        uncached = model.generate(ids, use_cache=False, **kwargs)
+    assert torch.equal(cached, uncached)
+
+
+def test_rollout_layout_and_masks(tiny_llama_path, tokenizer):
+    torch.manual_seed(0)
+    model = load_model(ModelConfig(path=tiny_llama_path))
+    batch = prompts(tokenizer, 3)
+    rollout = generate_rollout(model, tokenizer, batch, SamplingConfig(num_generations=4, max_new_tokens=6))
+    assert rollout.input_ids.shape[0] == 12
+    assert rollout.prompt_index == [0] * 4 + [1] * 4 + [2] * 4
+    assert rollout.columns["answer"][4] == batch[1].columns["answer"]
+    width = max(len(p.prompt_ids) for p in batch)
+    for row in range(12):
+        n = rollout.completion_lengths[row].item()
+        trained = (rollout.labels[row] != -100).nonzero().flatten().tolist()
+        assert trained == list(range(width, width + n))  # exactly the completion, through EOS if it ended
+        ended = rollout.input_ids[row, width + n - 1].item() == tokenizer.eos_token_id
+        assert ended != rollout.truncated[row].item() or n == 6
+        assert rollout.attention_mask[row, width + n :].sum() == 0
+    assert model.training  # generation switched to eval mode and back
+
+
+def test_stop_strings_end_a_completion(tiny_llama_path, tokenizer):
+    model = load_model(ModelConfig(path=tiny_llama_path))
+    sampling = SamplingConfig(num_generations=2, max_new_tokens=16, temperature=0, stop_strings=[" "])
+    rollout = generate_rollout(model, tokenizer, prompts(tokenizer, 1), sampling)
+    for text, truncated in zip(rollout.completions, rollout.truncated.tolist(), strict=True):
+        assert truncated or text.endswith(" ") or text.count(" ") <= 1

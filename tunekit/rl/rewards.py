@@ -1,0 +1,371 @@
+"""Reward functions for the RL recipes: naming them in a config, loading them, and scoring a batch with them.
+
+A reward function is plain Python with one contract::
+
+    fn(prompts: list[str], completions: list[str], **columns, **kwargs) -> list[float]   # one float per completion
+
+``columns`` are the batch's data columns (e.g. ``answer`` for GSM8K), one entry per completion, passed by name so a
+function takes the columns it needs and ignores the rest with ``**columns``; ``kwargs`` are the function's own
+options from the config. A recipe config lists its rewards as :class:`RewardSource` entries, each naming its
+function in one of three ways:
+
+- a built-in name from :data:`BUILTIN_REWARDS` (``math_correct``, ``format``, ``length_penalty``);
+- a file and a function, ``reward_models/math.py:math_correct`` or ``/abs/path/my_rewards.py:score``; a relative
+  path is looked up in the current directory first, then in the tunekit repository;
+- a dotted import path, ``my_pkg.rewards:score`` or ``my_pkg.rewards.score``.
+
+Only the named file or module is loaded; directories are never scanned, so nothing runs that the config did not ask
+for. Mistakes in the config are :class:`~tunekit.errors.ConfigError`; a function that raises or returns something
+other than one finite number per completion is a :class:`RewardFunctionError`, whose message names the function
+(and, for a raise, the completion it failed on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import numbers
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+import tunekit
+from tunekit.errors import ConfigError, UserError
+
+RewardFn = Callable[..., list[float]]
+
+# Paths are relative to the tunekit repository root: these files ship in the source tree, not in the package.
+BUILTIN_REWARDS: dict[str, str] = {
+    "math_correct": "reward_models/math.py:math_correct",
+    "format": "reward_models/format.py:format_regex",
+    "length_penalty": "reward_models/format.py:length_penalty",
+}
+
+# The repository that holds tunekit/ and reward_models/ (an editable install or a checkout on sys.path).
+REPO_ROOT = Path(tunekit.__file__).resolve().parents[1]
+
+_SHOW_CHARS = 80  # how much of a prompt or completion an error message quotes
+
+
+@dataclass
+class RewardSource:
+    """One entry of a recipe config's list of rewards.
+
+    ``name`` has a default only because the config loader builds every section from its defaults first; an empty
+    name is refused when the function is loaded.
+    """
+
+    name: str = ""  # a built-in name, "path/to/file.py:function" or "pkg.module:function" / "pkg.module.function"
+    weight: float = 1.0  # the total reward is sum(weight * reward) over the sources
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the function's own options, e.g. {"pattern": "..."}
+
+
+class RewardFunctionError(UserError):
+    """A reward function raised, or returned something other than one finite number per completion."""
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+
+
+def load_reward_function(name: str, repo_root: Path | None = None) -> RewardFn:
+    """Resolve a reward's ``name`` (see the module docstring for the three forms) to the callable it names.
+
+    ``repo_root`` is where built-ins and the fallback for relative file paths live (default: the repository this
+    tunekit was imported from). Raises ConfigError for an unknown built-in, a missing file, module or function,
+    a file that fails to load, or a name that is not callable.
+    """
+    root = Path(repo_root) if repo_root is not None else REPO_ROOT
+    name = name.strip()
+    if not name:
+        raise ConfigError(f"a reward needs a name: {_forms_hint()}")
+    target, colon, attr = name.rpartition(":")
+    if colon and _looks_like_file(target):
+        return _function_from_file(name, target, attr, search=_search_dirs(target, root))
+    if colon:
+        return _function_from_module(name, target, attr)
+    if _looks_like_file(name):
+        raise ConfigError(f"reward {name!r} names a file but no function in it; write it as {name}:<function>")
+    if "." in name:
+        module_name, _, attr = name.rpartition(".")
+        return _function_from_module(name, module_name, attr)
+    if name not in BUILTIN_REWARDS:
+        raise ConfigError(f"unknown reward {name!r}; {_forms_hint()}")
+    # A built-in always means the shipped function, so it is looked up in the repository only, never in the cwd.
+    file_part, _, attr = BUILTIN_REWARDS[name].rpartition(":")
+    return _function_from_file(name, file_part, attr, search=[root], builtin=True)
+
+
+def load_reward_sources(
+    sources: Sequence[RewardSource], repo_root: Path | None = None
+) -> list[tuple[RewardSource, RewardFn]]:
+    """Load every source's function once, up front, so a config mistake fails before any model is loaded."""
+    return [(source, load_reward_function(source.name, repo_root)) for source in sources]
+
+
+def _forms_hint() -> str:
+    return (
+        f"use a built-in ({', '.join(sorted(BUILTIN_REWARDS))}), a file and function "
+        "('reward_models/math.py:math_correct') or an import path ('my_pkg.rewards:score')"
+    )
+
+
+def _looks_like_file(text: str) -> bool:
+    return text.endswith(".py") or "/" in text or "\\" in text
+
+
+def _search_dirs(path_text: str, root: Path) -> list[Path]:
+    if Path(path_text).expanduser().is_absolute():
+        return [Path("/")]  # joining an absolute path onto any directory gives the path itself
+    return [Path.cwd(), root]
+
+
+def _function_from_file(name: str, path_text: str, attr: str, search: list[Path], builtin: bool = False) -> RewardFn:
+    candidates = [(base / Path(path_text).expanduser()).resolve() for base in search]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        looked = " or ".join(str(c) for c in dict.fromkeys(candidates))
+        if builtin:
+            raise ConfigError(
+                f"built-in reward {name!r} lives in {looked}, which does not exist; the built-in rewards ship in "
+                "the tunekit source tree (reward_models/), so install tunekit from a checkout (pip install -e .)"
+            )
+        raise ConfigError(f"reward {name!r}: file {path_text} not found (looked for {looked})")
+    return _get_function(name, _module_from_file(name, path), attr, where=str(path))
+
+
+def _module_from_file(name: str, path: Path) -> ModuleType:
+    """Execute a reward file as a module of its own, once per process.
+
+    The module name is derived from the file's full path, so reward_models/math.py never takes the place of the
+    standard library's ``math`` in sys.modules and two files called rewards.py do not collide. It is registered in
+    sys.modules because dataclasses and pickling look modules up there.
+    """
+    stem = re.sub(r"\W", "_", path.stem)
+    module_name = f"tunekit_reward_{stem}_{hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:10]}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"reward {name!r}: {path} cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[module_name]
+        raise ConfigError(f"reward {name!r}: loading {path} raised {type(err).__name__}: {err}") from err
+    return module
+
+
+def _function_from_module(name: str, module_name: str, attr: str) -> RewardFn:
+    if not module_name or not attr:
+        raise ConfigError(f"reward {name!r} is not of the form pkg.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name is not None and (module_name == err.name or module_name.startswith(err.name + ".")):
+            raise ConfigError(
+                f"reward {name!r}: no module named {module_name!r} (is it installed, or is its directory on "
+                f"PYTHONPATH?); {_forms_hint()}"
+            ) from err
+        raise ConfigError(f"reward {name!r}: importing {module_name} failed: {err}") from err
+    except Exception as err:
+        raise ConfigError(f"reward {name!r}: importing {module_name} raised {type(err).__name__}: {err}") from err
+    return _get_function(name, module, attr, where=f"module {module_name}")
+
+
+def _get_function(name: str, module: ModuleType, attr: str, where: str) -> RewardFn:
+    obj: Any = module
+    for part in attr.split("."):  # "Class.method" reaches one level in
+        if not hasattr(obj, part):
+            defined = sorted(
+                key
+                for key, value in vars(module).items()
+                if callable(value) and not key.startswith("_") and getattr(value, "__module__", None) == module.__name__
+            )
+            listing = f" (it defines: {', '.join(defined)})" if defined else ""
+            raise ConfigError(f"reward {name!r}: {where} has no function {attr!r}{listing}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        kind = type(obj).__name__
+        raise ConfigError(f"reward {name!r}: {attr!r} in {where} is not a function but a value of type {kind}")
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------- scoring
+
+
+def compute_rewards(
+    sources: Sequence[tuple[RewardSource, RewardFn]],
+    prompts: list[str],
+    completions: list[str],
+    columns: dict[str, list[Any]],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Score N completions with every source and combine them.
+
+    prompts, completions: [N]; columns: name -> [N] values, the data row of each completion (for GRPO, each
+    prompt's row repeated once per completion). Each function is called once for the whole batch as
+    ``fn(prompts=..., completions=..., **columns, **source.kwargs)``; a config option wins over a data column of
+    the same name.
+
+    Returns ``(total [N] float32, {key: reward [N] float32})``: the total is sum(weight * reward); the per-source
+    tensors are the functions' raw, unweighted values (so a logged ``math_correct`` mean is an accuracy). Keys are
+    the source names; a name listed twice (say two ``format`` entries with different patterns) gets ``#2``,
+    ``#3``, ... appended to its later entries.
+    """
+    n = len(completions)
+    if len(prompts) != n:
+        raise ValueError(f"got {len(prompts)} prompts for {n} completions; repeat each prompt once per completion")
+    for column, values in columns.items():
+        if len(values) != n:
+            raise ValueError(f"data column {column!r} has {len(values)} values for {n} completions")
+    total = torch.zeros(n, dtype=torch.float32)
+    per_source: dict[str, torch.Tensor] = {}
+    for source, fn in sources:
+        rewards = _score(source, fn, prompts, completions, columns)
+        per_source[_unique_key(source.name, per_source)] = rewards
+        total += float(source.weight) * rewards
+    return total, per_source
+
+
+def _unique_key(name: str, taken: dict[str, Any]) -> str:
+    key, k = name, 1
+    while key in taken:
+        k += 1
+        key = f"{name}#{k}"
+    return key
+
+
+def _score(
+    source: RewardSource, fn: RewardFn, prompts: list[str], completions: list[str], columns: dict[str, list[Any]]
+) -> torch.Tensor:
+    """One source on the batch -> [N] float32, or a RewardFunctionError that says what went wrong and where."""
+    name = source.name
+    reserved = {"prompts", "completions"} & set(source.kwargs)
+    if reserved:
+        raise ConfigError(f"reward {name!r}: kwargs may not set {', '.join(sorted(reserved))}; tunekit passes those")
+    options = dict(source.kwargs)
+
+    def call(lo: int, hi: int) -> Any:
+        data = {column: values[lo:hi] for column, values in columns.items()}
+        return fn(**{**data, **options}, prompts=prompts[lo:hi], completions=completions[lo:hi])
+
+    _check_signature(name, fn, [*columns, *options])
+    n = len(completions)
+    try:
+        result = call(0, n)
+    except Exception as batch_err:
+        # The error carries the exception of the call it blames as its cause, for a traceback that shows the line.
+        raise _locate_failure(name, call, prompts, completions, batch_err)  # noqa: B904
+    return _as_rewards(name, result, n)
+
+
+def _check_signature(name: str, fn: RewardFn, keywords: list[str]) -> None:
+    """Catch a function that cannot take the batch's keywords before calling it.
+
+    Without this, a function written without ``**columns`` fails with "unexpected keyword argument 'answer'" on
+    every completion, and the per-completion search below would blame completion 0 for a problem of the function.
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins and C functions have no signature to check
+        return
+    try:
+        signature.bind(prompts=[], completions=[], **dict.fromkeys(keywords))
+    except TypeError as err:
+        passed = ", ".join(["prompts", "completions", *keywords])
+        raise RewardFunctionError(
+            f"reward function {name!r} cannot be called with the keyword arguments it is given ({passed}): {err}. "
+            "A reward function is called as fn(prompts=..., completions=..., **columns, **kwargs); give it a "
+            "**columns parameter to accept the data columns it does not use"
+        ) from None
+
+
+def _locate_failure(
+    name: str, call: Callable[[int, int], Any], prompts: list[str], completions: list[str], batch_err: Exception
+) -> RewardFunctionError:
+    """Re-score one completion at a time to find the first that makes the function raise.
+
+    Only runs after the batch call failed, so the extra calls cost nothing on the normal path. If no single
+    completion fails (the function breaks only on a whole batch), the batch's own exception is reported.
+    """
+    n = len(completions)
+    if n == 1:
+        return _raised_at(name, 0, n, prompts, completions, batch_err)
+    for i in range(n):
+        try:
+            call(i, i + 1)
+        except Exception as err:
+            return _raised_at(name, i, n, prompts, completions, err)
+    error = RewardFunctionError(
+        f"reward function {name!r} raised {type(batch_err).__name__}: {batch_err} when scoring a batch of {n} "
+        "completions, though it scores each of them alone without error"
+    )
+    error.__cause__ = batch_err
+    return error
+
+
+def _raised_at(
+    name: str, i: int, n: int, prompts: list[str], completions: list[str], err: Exception
+) -> RewardFunctionError:
+    error = RewardFunctionError(
+        f"reward function {name!r} raised {type(err).__name__}: {err} while scoring completion {i} of {n} "
+        f"(prompt {_short(prompts[i])}, completion {_short(completions[i])})"
+    )
+    error.__cause__ = err
+    return error
+
+
+def _short(text: str) -> str:
+    text = str(text)
+    return repr(text if len(text) <= _SHOW_CHARS else text[: _SHOW_CHARS - 3] + "...")
+
+
+def _as_rewards(name: str, result: Any, n: int) -> torch.Tensor:
+    """A function's return value -> [N] float32, refusing anything but N finite real numbers."""
+    if isinstance(result, torch.Tensor) or hasattr(result, "__array__"):  # a tensor or a numpy array
+        if getattr(result, "ndim", None) != 1:
+            raise RewardFunctionError(
+                f"reward function {name!r} returned an array of shape {tuple(result.shape)}; it must return one "
+                f"float per completion ({n})"
+            )
+        result = result.tolist()
+    if not isinstance(result, list | tuple):
+        raise RewardFunctionError(
+            f"reward function {name!r} returned {_type_of(result)} instead of a list of {n} floats (one per completion)"
+        )
+    if len(result) != n:
+        raise RewardFunctionError(
+            f"reward function {name!r} returned {len(result)} values for {n} completions; it must return one float "
+            "per completion"
+        )
+    values = []
+    for i, value in enumerate(result):
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if not isinstance(value, numbers.Real):  # bools are accepted: True scores 1.0
+            raise RewardFunctionError(
+                f"reward function {name!r} returned a non-number at index {i}: {value!r} ({_type_of(value)}); "
+                "it must return one float per completion"
+            )
+        values.append(float(value))
+    rewards = torch.tensor(values, dtype=torch.float32)
+    bad = (~torch.isfinite(rewards)).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(f"{values[i]} at index {i}" for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise RewardFunctionError(
+            f"reward function {name!r} returned non-finite rewards ({shown}); rewards must be finite numbers"
+        )
+    return rewards
+
+
+def _type_of(value: Any) -> str:
+    return "None" if value is None else type(value).__name__

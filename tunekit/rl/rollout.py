@@ -1,0 +1,142 @@
+"""Rollouts: sampling completions from the policy with batched, KV-cached generation.
+
+A :class:`Rollout` holds G completions for each of P prompts, as N = P * G rows; the completions of prompt p
+are rows ``[p * G, (p + 1) * G)``. Prompts are left-padded so that every completion starts at the same column,
+and completions are right-padded after their EOS. Generation goes through ``transformers``' ``generate`` with
+its KV cache, and stops early once every row has finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tunekit.losses.sft import IGNORE_INDEX
+from tunekit.models.reference import unwrap
+
+
+@dataclass
+class SamplingConfig:
+    # Completions sampled per prompt (the GRPO group size).
+    num_generations: int = 4
+    max_new_tokens: int = 32
+    # 0 samples greedily.
+    temperature: float = 1.0
+    # 0 keeps every token; otherwise only the k most likely are sampled.
+    top_k: int = 0
+    top_p: float = 1.0
+    # Generation of a row also stops at any of these strings (besides EOS).
+    stop_strings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PromptExample:
+    prompt: str
+    prompt_ids: list[int]
+    columns: dict[str, Any]  # the row's other columns (e.g. the reference answer), passed to reward functions
+    index: int
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor  # [N, L] left-padded prompt, then the completion, right-padded
+    attention_mask: torch.Tensor  # [N, L] 1 on real prompt and completion tokens
+    position_ids: torch.Tensor  # [N, L] counted over real tokens, as during generation
+    labels: torch.Tensor  # [N, L] completion tokens (through EOS), IGNORE_INDEX elsewhere
+    truncated: torch.Tensor  # [N] bool: reached max_new_tokens without EOS or a stop string
+    completion_lengths: torch.Tensor  # [N] tokens in each completion (EOS included)
+    prompts: list[str]  # [N]
+    completions: list[str]  # [N] decoded, without special tokens
+    columns: dict[str, list[Any]]  # [N] per column
+    prompt_index: list[int]  # [N] source row of each prompt
+
+    def batch(self) -> dict[str, torch.Tensor]:
+        """The tensors a forward pass and ``token_logps`` take."""
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+            "labels": self.labels,
+        }
+
+
+@torch.no_grad()
+def generate_rollout(
+    model: torch.nn.Module, tokenizer: Any, prompts: list[PromptExample], sampling: SamplingConfig
+) -> Rollout:
+    """Sample ``sampling.num_generations`` completions for each prompt."""
+    group = sampling.num_generations
+    rows = [p for p in prompts for _ in range(group)]
+    width = max(len(p.prompt_ids) for p in rows)
+    pad = tokenizer.pad_token_id
+    prompt_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    prompt_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, p in enumerate(rows):
+        prompt_ids[b, width - len(p.prompt_ids) :] = torch.tensor(p.prompt_ids)
+        prompt_mask[b, width - len(p.prompt_ids) :] = 1
+    device = next(model.parameters()).device
+    generator = unwrap(model)
+    was_training = generator.training
+    generator.eval()
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": sampling.max_new_tokens,
+        "do_sample": sampling.temperature > 0,
+        "pad_token_id": pad,
+        "eos_token_id": tokenizer.eos_token_id,
+        "use_cache": True,
+    }
+    if sampling.temperature > 0:
+        kwargs.update(temperature=sampling.temperature, top_k=sampling.top_k or None, top_p=sampling.top_p)
+    if sampling.stop_strings:
+        kwargs.update(stop_strings=sampling.stop_strings, tokenizer=tokenizer)
+    out = generator.generate(input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device), **kwargs).cpu()
+    generator.train(was_training)
+    completions = out[:, width:]
+    lengths, finished, texts = [], [], []
+    for row in completions.tolist():
+        text, length, done = _cut(row, tokenizer, sampling.stop_strings)
+        texts.append(text)
+        lengths.append(length)
+        finished.append(done)
+    n, new = completions.shape
+    completion_mask = torch.arange(new)[None, :] < torch.tensor(lengths)[:, None]
+    input_ids = torch.cat([prompt_ids, torch.where(completion_mask, completions, pad)], dim=1)
+    attention_mask = torch.cat([prompt_mask, completion_mask.long()], dim=1)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[:, width:] = torch.where(completion_mask, completions, IGNORE_INDEX)
+    columns = {key: [p.columns[key] for p in rows] for key in rows[0].columns}
+    return Rollout(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
+        labels=labels,
+        truncated=~torch.tensor(finished),
+        completion_lengths=torch.tensor(lengths),
+        prompts=[p.prompt for p in rows],
+        completions=texts,
+        columns=columns,
+        prompt_index=[p.index for p in rows],
+    )
+
+
+def _cut(tokens: list[int], tokenizer: Any, stop_strings: list[str]) -> tuple[str, int, bool]:
+    """(text, length in tokens, finished) of one generated row: up to and including EOS or a stop string."""
+    eos = tokenizer.eos_token_id
+    if eos in tokens:
+        length = tokens.index(eos) + 1
+        return tokenizer.decode(tokens[: length - 1], skip_special_tokens=True), length, True
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    for stop in stop_strings:
+        at = text.find(stop)
+        if at >= 0:
+            # Keep the tokens up to the one that completed the stop string.
+            for length in range(1, len(tokens) + 1):
+                if stop in tokenizer.decode(tokens[:length], skip_special_tokens=True):
+                    return text[: at + len(stop)], length, True
+    pad = tokenizer.pad_token_id
+    length = len(tokens)
+    while length and tokens[length - 1] == pad and pad != eos:
+        length -= 1
+    return text, length, False
