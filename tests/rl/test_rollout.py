@@ -38,7 +38,7 @@ def test_kv_cache_gives_the_same_greedy_tokens(tiny_llama_path, tokenizer):
 
 def test_rollout_layout_and_masks(tiny_llama_path, tokenizer):
     torch.manual_seed(0)
-    model = load_model(ModelConfig(path=tiny_llama_path))
+    model = load_model(ModelConfig(path=tiny_llama_path)).train()
     batch = prompts(tokenizer, 3)
     rollout = generate_rollout(model, tokenizer, batch, SamplingConfig(num_generations=4, max_new_tokens=6))
     assert rollout.input_ids.shape[0] == 12

@@ -258,23 +258,31 @@ class GRPOTrainer:
                 )
 
     def evaluate(self, model: torch.nn.Module, prompts: list[PromptExample]) -> dict[str, float]:
-        """Mean reward of one greedy completion per held-out prompt, in total and per source."""
+        """Held-out mean reward, in total and per source: of the policy's samples (the quantity GRPO raises),
+        ``sampling.num_generations`` per prompt at the training temperature, and of one greedy answer per prompt.
+
+        The samples use their own seeded generator state, so evaluating does not change the training run.
+        """
+        results = {}
         greedy = SamplingConfig(
             num_generations=1,
             max_new_tokens=self.config.sampling.max_new_tokens,
             temperature=0,
             stop_strings=self.config.sampling.stop_strings,
         )
-        totals, sources = [], {}
-        size = self.config.train.micro_batch_size * self.config.sampling.num_generations
-        for start in range(0, len(prompts), size):
-            rollout = generate_rollout(model, self.tokenizer, prompts[start : start + size], greedy)
-            total, per_source = self.score(rollout)
-            totals.append(total)
-            for name, values in per_source.items():
-                sources.setdefault(name, []).append(values)
-        results = {"reward": torch.cat(totals).mean().item()}
-        results.update({f"rewards/{name}": torch.cat(v).mean().item() for name, v in sources.items()})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            for prefix, sampling in (("", self.config.sampling), ("greedy/", greedy)):
+                totals, sources = [], {}
+                size = self.config.train.micro_batch_size
+                for start in range(0, len(prompts), size):
+                    rollout = generate_rollout(model, self.tokenizer, prompts[start : start + size], sampling)
+                    total, per_source = self.score(rollout)
+                    totals.append(total)
+                    for name, values in per_source.items():
+                        sources.setdefault(name, []).append(values)
+                results[f"{prefix}reward"] = torch.cat(totals).mean().item()
+                results.update({f"{prefix}rewards/{n}": torch.cat(v).mean().item() for n, v in sources.items()})
         return results
 
 

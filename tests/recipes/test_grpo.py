@@ -1,0 +1,76 @@
+"""GRPO recipe: the loop runs on the tiny model with every option, and mistakes are reported before training."""
+
+import json
+
+import pytest
+
+from tunekit.config import load_config
+from tunekit.errors import ConfigError, DataError
+from tunekit.recipes.grpo import GRPOConfig, run
+
+FAST = [
+    "model.path=tiny-llama",
+    "train.progress=false",
+    "data.synthetic_size=16",
+    "data.max_eval_examples=4",
+    "train.micro_batch_size=2",
+    "sampling.num_generations=4",
+    "sampling.max_new_tokens=6",
+    "sample_every=1",
+]
+
+
+def grpo_config(out, *overrides):
+    return load_config(GRPOConfig, None, [f"output_dir={out}", *FAST, *overrides])
+
+
+def test_loop_runs_with_several_passes_kl_and_clip_higher(tmp_path):
+    out = tmp_path / "grpo"
+    result = run(
+        grpo_config(
+            out,
+            "max_steps=4",
+            "loss.passes=2",
+            "loss.kl_beta=0.05",
+            "loss.skip_equal_groups=true",
+            "loss.truncated=penalize",
+            "train.eval_every=2",
+            "rewards=[{name: math_correct}, {name: format, weight: 0.5}, {name: length_penalty, "
+            "weight: 0.1, kwargs: {target_chars: 4}}]",
+        )
+    )
+    assert result.step == 4
+    train_lines = [r for r in result.history if "loss" in r]
+    for key in (
+        "reward",
+        "reward_std",
+        "rewards/math_correct",
+        "rewards/format",
+        "completion_length",
+        "truncated_fraction",
+        "clip_fraction",
+        "kl",
+    ):
+        assert key in train_lines[-1], key
+    evals = [r for r in result.history if "eval/reward" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    assert "eval/greedy/reward" in evals[-1]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {"step", "prompt", "completion", "reward"} <= set(samples[0])
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (["rewards=[{name: math_corect}]"], ConfigError, "unknown reward 'math_corect'"),
+        (["sampling.num_generations=1"], ConfigError, "num_generations must be at least 2"),
+        (["model.path=runs/no-such-sft/final"], ConfigError, "run that first"),
+        (["data.max_prompt_length=5"], DataError, "synthetic row 1: the prompt has"),
+    ],
+)
+def test_mistakes_are_reported_before_training(tmp_path, overrides, error, message):
+    out = tmp_path / "grpo"
+    with pytest.raises(error, match=message):
+        run(grpo_config(out, *overrides))
+    assert not (out / "metrics.jsonl").exists()
