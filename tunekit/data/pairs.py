@@ -15,16 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data.formats import ROLES, render_chat
-from tunekit.data.sft import split_off
-from tunekit.data.sources import Rows, read_rows
+from tunekit.data.sources import Rows, SourceConfig, train_eval_rows
 from tunekit.errors import ConfigError, DataError
 
 
 @dataclass
-class PairDataConfig:
-    # A .jsonl/.json/.parquet/.csv file, a dataset directory, a hub id, or "synthetic" (tunekit's own pairs).
-    path: str = "synthetic"
-    split: str = "train"
+class PairDataConfig(SourceConfig):
+    eval_fraction: float = 0.1
     prompt_column: str = "prompt"
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
@@ -34,17 +31,12 @@ class PairDataConfig:
     prompt_delimiter: str = "\n\nAssistant:"
     # How a string prompt is written before its response; {prompt} is replaced by the prompt.
     prompt_template: str = "{prompt}"
-    eval_path: str | None = None
-    eval_split: str = "train"
-    eval_fraction: float = 0.1
     # Prompt + response tokens; responses are cut at the end to fit.
     max_length: int = 512
     # Prompts longer than this keep their last tokens (the part next to the response); null: no limit.
     max_prompt_length: int | None = None
     # Pairs whose chosen and rejected responses are identical carry no preference: drop (and count) or error.
     identical_pairs: Literal["drop", "error"] = "drop"
-    synthetic_size: int = 2000
-    max_examples: int | None = None
 
 
 @dataclass
@@ -213,17 +205,7 @@ def load_pair_data(
     config: PairDataConfig, tokenizer: Any, seed: int, synthetic: Callable[[int, int], list[dict[str, Any]]]
 ) -> tuple[list[PairExample], list[PairExample], dict[str, PairStats]]:
     """Train and held-out pairs for ``config``; ``synthetic(n, seed)`` makes rows when path is "synthetic"."""
-    if config.path == "synthetic":
-        train_rows = Rows("synthetic", synthetic(config.synthetic_size, seed))
-        n_eval = max(1, int(config.synthetic_size * config.eval_fraction)) if config.eval_fraction > 0 else 0
-        eval_rows = Rows("synthetic-eval", synthetic(n_eval, seed + 10_000)) if n_eval else None
-    else:
-        train_rows = read_rows(config.path, config.split)
-        eval_rows = read_rows(config.eval_path, config.eval_split) if config.eval_path else None
-        if config.max_examples is not None:
-            train_rows = train_rows.subset(list(range(min(config.max_examples, len(train_rows)))))
-        if eval_rows is None and config.eval_fraction > 0:
-            train_rows, eval_rows = split_off(train_rows, config.eval_fraction, seed)
+    train_rows, eval_rows = train_eval_rows(config, seed, synthetic)
     train, train_stats = tokenize_pairs(train_rows, config, tokenizer)
     stats = {"train": train_stats}
     evals: list[PairExample] = []

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data.formats import Format, detect_format, row_segments
-from tunekit.data.sources import Rows, read_rows
+from tunekit.data.sources import Rows, SourceConfig, train_eval_rows
 from tunekit.errors import ConfigError, DataError
 from tunekit.losses.sft import IGNORE_INDEX
 
 
 @dataclass
-class DataConfig:
-    # A .jsonl/.json/.parquet/.csv file, a dataset directory, a hub id, or "synthetic" (tunekit's own data).
-    path: str = "synthetic"
-    split: str = "train"
+class DataConfig(SourceConfig):
     format: Literal["auto", "text", "prompt_completion", "messages"] = "auto"
     text_column: str = "text"
     prompt_column: str = "prompt"
@@ -25,19 +21,12 @@ class DataConfig:
     messages_column: str = "messages"
     # How a string prompt is written before its completion; {prompt} is replaced by the prompt column.
     prompt_template: str = "{prompt}"
-    # Held-out data: a separate source, or else this fraction of the training rows (0 turns evaluation off).
-    eval_path: str | None = None
-    eval_split: str = "train"
-    eval_fraction: float = 0.05
     # Longer examples are cut at the end; examples left with no trainable token are dropped and counted.
     max_length: int = 512
     # Take the loss on prompt / user tokens too, not only on completions and assistant turns.
     train_on_prompt: bool = False
     # Pack several examples into one row of max_length tokens; they never attend across their borders.
     packing: bool = False
-    # Rows generated when path is "synthetic", and a cap on rows read from any source (null: all).
-    synthetic_size: int = 2000
-    max_examples: int | None = None
 
 
 @dataclass
@@ -132,30 +121,10 @@ def load_sft_data(
     synthetic: Callable[[int, int], list[dict[str, Any]]],
 ) -> tuple[list[Example], list[Example], dict[str, TokenizeStats]]:
     """Train and eval examples for ``config``; ``synthetic(n, seed)`` makes rows when path is "synthetic"."""
-    if config.path == "synthetic":
-        train_rows = Rows("synthetic", synthetic(config.synthetic_size, seed))
-        n_eval = max(1, int(config.synthetic_size * config.eval_fraction)) if config.eval_fraction > 0 else 0
-        eval_rows = Rows("synthetic-eval", synthetic(n_eval, seed + 10_000)) if n_eval else None
-    else:
-        train_rows = read_rows(config.path, config.split)
-        eval_rows = read_rows(config.eval_path, config.eval_split) if config.eval_path else None
-    if config.max_examples is not None:
-        train_rows = train_rows.subset(list(range(min(config.max_examples, len(train_rows)))))
-    if eval_rows is None and config.eval_fraction > 0 and config.path != "synthetic":
-        train_rows, eval_rows = split_off(train_rows, config.eval_fraction, seed)
+    train_rows, eval_rows = train_eval_rows(config, seed, synthetic)
     train, train_stats = tokenize_rows(train_rows, config, tokenizer)
     stats = {"train": train_stats}
     evals: list[Example] = []
     if eval_rows is not None and len(eval_rows):
         evals, stats["eval"] = tokenize_rows(eval_rows, config, tokenizer)
     return train, evals, stats
-
-
-def split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows | None]:
-    """Hold out ``fraction`` of ``rows`` (chosen with ``seed``), keeping each row's position for errors."""
-    n_eval = int(len(rows) * fraction)
-    if n_eval == 0 or n_eval >= len(rows):
-        return rows, None
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    return rows.subset(sorted(order[n_eval:])), rows.subset(sorted(order[:n_eval]))

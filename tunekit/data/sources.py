@@ -8,6 +8,8 @@ malformed line should be reported by its line number rather than as a parser err
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,3 +112,47 @@ def _load_with_datasets(name: str, shown: str, split: str, **kwargs: Any) -> lis
         raise DataError(f"data {shown!r} could not be read (split {split!r}): {err}") from None
     except Exception as err:  # datasets raises connection, file-not-found and format errors of many classes
         raise DataError(f"data {shown!r} could not be loaded: {type(err).__name__}: {err}") from None
+
+
+@dataclass
+class SourceConfig:
+    """Where a recipe's rows come from; every recipe's ``data`` section extends this."""
+
+    # A .jsonl/.json/.parquet/.csv file, a dataset directory, a hub id, or "synthetic" (tunekit's own data).
+    path: str = "synthetic"
+    split: str = "train"
+    # Held-out data: a separate source, or else this fraction of the training rows (0 turns evaluation off).
+    eval_path: str | None = None
+    eval_split: str = "train"
+    eval_fraction: float = 0.05
+    # Rows generated when path is "synthetic", and a cap on the training rows read from a source (null: all).
+    synthetic_size: int = 2000
+    max_examples: int | None = None
+
+
+def train_eval_rows(
+    config: SourceConfig, seed: int, synthetic: Callable[[int, int], list[dict[str, Any]]]
+) -> tuple[Rows, Rows | None]:
+    """Training rows and held-out rows (or None) for ``config``; ``synthetic(n, seed)`` makes generated rows."""
+    if config.path == "synthetic":
+        n_eval = max(1, int(config.synthetic_size * config.eval_fraction)) if config.eval_fraction > 0 else 0
+        train = Rows("synthetic", synthetic(config.synthetic_size, seed))
+        # A different seed, so held-out rows are new draws rather than a slice of the training rows.
+        return train, Rows("synthetic-eval", synthetic(n_eval, seed + 10_000)) if n_eval else None
+    train = read_rows(config.path, config.split)
+    held_out = read_rows(config.eval_path, config.eval_split) if config.eval_path else None
+    if config.max_examples is not None:
+        train = train.subset(list(range(min(config.max_examples, len(train)))))
+    if held_out is None and config.eval_fraction > 0:
+        train, held_out = split_off(train, config.eval_fraction, seed)
+    return train, held_out
+
+
+def split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows | None]:
+    """Hold out ``fraction`` of ``rows`` (chosen with ``seed``), keeping each row's position for errors."""
+    n_eval = int(len(rows) * fraction)
+    if n_eval == 0 or n_eval >= len(rows):
+        return rows, None
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    return rows.subset(sorted(order[n_eval:])), rows.subset(sorted(order[:n_eval]))

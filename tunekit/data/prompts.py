@@ -1,0 +1,69 @@
+"""Prompt-only data for reinforcement learning: rows with a prompt and whatever columns rewards need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tunekit.data import synthetic
+from tunekit.data.formats import render_chat
+from tunekit.data.sources import Rows, SourceConfig, train_eval_rows
+from tunekit.errors import DataError
+from tunekit.rl.rollout import PromptExample
+
+
+@dataclass
+class PromptDataConfig(SourceConfig):
+    eval_fraction: float = 0.1
+    synthetic_size: int = 1000
+    prompt_column: str = "prompt"
+    # How the prompt column is written; {prompt} is replaced by it.
+    prompt_template: str = "{prompt}"
+    # Prompt tokens; a longer prompt is an error naming its row (there would be no room to answer).
+    max_prompt_length: int = 256
+    # Held-out prompts scored at each evaluation (null: all).
+    max_eval_examples: int | None = 64
+
+
+def load_prompts(
+    config: PromptDataConfig, tokenizer: Any, seed: int
+) -> tuple[list[PromptExample], list[PromptExample]]:
+    """Train and held-out prompts; a prompt longer than data.max_prompt_length is an error naming its row."""
+    train_rows, eval_rows = train_eval_rows(config, seed, synthetic.prompts_with_answers)
+    if eval_rows is not None and config.max_eval_examples is not None:
+        eval_rows = eval_rows.subset(list(range(min(config.max_eval_examples, len(eval_rows)))))
+    return _prompts(train_rows, config, tokenizer), _prompts(eval_rows, config, tokenizer) if eval_rows else []
+
+
+def _prompts(rows: Rows, config: PromptDataConfig, tokenizer: Any) -> list[PromptExample]:
+    if len(rows) == 0:
+        raise DataError(f"{rows.source} holds no rows")
+    out = []
+    bos = tokenizer.bos_token_id
+    for i, row in enumerate(rows.rows):
+        where = rows.where(i)
+        prompt = row.get(config.prompt_column)
+        if prompt is None:
+            raise DataError(f"{where}: missing column {config.prompt_column!r} (the row has {sorted(row)})")
+        if isinstance(prompt, list):
+            text = render_chat(prompt, tokenizer, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        elif isinstance(prompt, str):
+            text = config.prompt_template.replace("{prompt}", prompt)
+            ids = ([bos] if bos is not None else []) + tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            raise DataError(f"{where}: column {config.prompt_column!r} must be a string or a list of messages")
+        if len(ids) > config.max_prompt_length:
+            raise DataError(
+                f"{where}: the prompt has {len(ids)} tokens, more than data.max_prompt_length="
+                f"{config.max_prompt_length}, leaving no room for completions; raise it or shorten the prompt"
+            )
+        columns = {k: v for k, v in row.items() if k != config.prompt_column}
+        out.append(PromptExample(text, ids, columns, i))
+    return out
+
+
+def collate_prompts(prompts: list[PromptExample]) -> dict[str, Any]:
+    return {"prompts": prompts, "num_items": torch.tensor(len(prompts))}

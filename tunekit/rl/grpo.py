@@ -1,0 +1,168 @@
+"""GRPO's two hooks for the runner: ``prepare`` turns prompts into scored rollouts, ``step`` takes the loss."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from tunekit.losses.advantages import equal_reward_groups, group_advantages
+from tunekit.losses.policy import Aggregation, grpo_loss
+from tunekit.models.logprobs import token_logps
+from tunekit.models.reference import ReferencePolicy
+from tunekit.rl.rewards import compute_rewards
+from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_rollout
+
+
+@dataclass
+class GRPOLossConfig:
+    # Divide advantages by the group's reward std (GRPO); false gives Dr. GRPO's unscaled advantages.
+    scale_rewards: bool = True
+    # token: mean over all completion tokens of the step; sequence: per-completion mean, then mean (GRPO);
+    # dr_grpo: per-completion sum over sampling.max_new_tokens, then mean.
+    aggregation: Aggregation = "token"
+    clip_low: float = 0.2
+    # Upper clip range; larger than clip_low is "clip-higher" (DAPO).
+    clip_high: float = 0.28
+    # Weight of the k3 KL penalty to the reference policy (0: no reference pass at all).
+    kl_beta: float = 0.0
+    # Optimizer steps on each batch of rollouts; the log-probs at sampling time stay the "old" policy.
+    passes: int = 1
+    # Drop groups whose completions all got the same reward (zero advantage, no learning signal).
+    skip_equal_groups: bool = False
+    # Completions that hit max_new_tokens: keep, mask (no loss), or penalize (truncation_penalty added).
+    truncated: Literal["keep", "mask", "penalize"] = "keep"
+    truncation_penalty: float = -1.0
+
+
+class GRPOTrainer:
+    """The recipe's two hooks for the runner: ``prepare`` (rollouts and advantages) and ``step`` (the loss)."""
+
+    def __init__(
+        self, config: Any, tokenizer: Any, reference: ReferencePolicy | None, rewards: list, output_dir: Path
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.reference = reference
+        self.rewards = rewards
+        self.samples_path = output_dir / "samples.jsonl"
+
+    def score(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return compute_rewards(self.rewards, rollout.prompts, rollout.completions, rollout.columns)
+
+    def prepare(self, model: torch.nn.Module, batches: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
+        """Prompts -> scored rollouts with advantages, old and reference log-probs, and their item counts."""
+        loss = self.config.loss
+        group = self.config.sampling.num_generations
+        prepared = []
+        for k, batch in enumerate(batches):
+            rollout = generate_rollout(model, self.tokenizer, batch["prompts"], self.config.sampling)
+            total, per_source = self.score(rollout)
+            if loss.truncated == "penalize":
+                total = total + loss.truncation_penalty * rollout.truncated.float()
+            advantages = group_advantages(total, group, scale_by_std=loss.scale_rewards)
+            tensors = rollout.batch()
+            keep = torch.ones(len(total), dtype=torch.bool)
+            if loss.skip_equal_groups:
+                keep = ~equal_reward_groups(total, group).repeat_interleave(group)
+            if loss.truncated == "mask":
+                keep &= ~rollout.truncated
+            tensors["labels"] = torch.where(keep[:, None], tensors["labels"], -100)
+            device = next(model.parameters()).device
+            tensors = {name: t.to(device) for name, t in tensors.items()}
+            tensors["advantages"] = advantages.to(device)
+            with torch.no_grad():
+                if loss.passes > 1:
+                    tensors["old_logps"] = token_logps(model, tensors)[0]
+                if self.reference is not None and loss.kl_beta > 0:
+                    tensors["ref_logps"] = self.reference.run(model, lambda m, t=tensors: token_logps(m, t)[0])
+            mask = tensors["labels"][:, 1:] != -100
+            tensors["num_items"] = self._num_items(mask)
+            tensors["metrics"] = self._rollout_metrics(rollout, total, per_source)
+            prepared.append(tensors)
+            if k == 0 and self.config.sample_every and step % self.config.sample_every == 0:
+                self._write_samples(step, rollout, total)
+        return prepared
+
+    def _num_items(self, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.loss.aggregation == "token":
+            return mask.sum()
+        return torch.tensor(mask.shape[0])
+
+    def step(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        logps, mask = token_logps(model, batch)
+        old = batch.get("old_logps", logps.detach())
+        loss_sum, _, metrics = grpo_loss(
+            logps,
+            old,
+            batch["advantages"],
+            mask,
+            clip_low=self.config.loss.clip_low,
+            clip_high=self.config.loss.clip_high,
+            ref_logps=batch.get("ref_logps"),
+            kl_beta=self.config.loss.kl_beta,
+            aggregation=self.config.loss.aggregation,
+            max_tokens=self.config.sampling.max_new_tokens,
+        )
+        return loss_sum, {**metrics, **batch["metrics"]}
+
+    def _rollout_metrics(self, rollout: Rollout, total: torch.Tensor, per_source: dict[str, torch.Tensor]) -> dict:
+        metrics = {
+            "reward": total.mean().item(),
+            "reward_std": total.std().item() if len(total) > 1 else 0.0,
+            "completion_length": rollout.completion_lengths.float().mean().item(),
+            "truncated_fraction": rollout.truncated.float().mean().item(),
+        }
+        for name, values in per_source.items():
+            metrics[f"rewards/{name}"] = values.mean().item()
+            metrics[f"rewards/{name}_std"] = values.std().item() if len(values) > 1 else 0.0
+        return metrics
+
+    def _write_samples(self, step: int, rollout: Rollout, total: torch.Tensor) -> None:
+        if os.environ.get("RANK", "0") != "0":
+            return
+        with self.samples_path.open("a") as f:
+            for i in range(min(len(rollout.prompts), 2 * self.config.sampling.num_generations)):
+                f.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "prompt": rollout.prompts[i],
+                            "completion": rollout.completions[i],
+                            "reward": float(total[i]),
+                        }
+                    )
+                    + "\n"
+                )
+
+    def evaluate(self, model: torch.nn.Module, prompts: list[PromptExample]) -> dict[str, float]:
+        """Held-out mean reward, in total and per source: of the policy's samples (the quantity GRPO raises),
+        ``sampling.num_generations`` per prompt at the training temperature, and of one greedy answer per prompt.
+
+        The samples use their own seeded generator state, so evaluating does not change the training run.
+        """
+        results = {}
+        greedy = SamplingConfig(
+            num_generations=1,
+            max_new_tokens=self.config.sampling.max_new_tokens,
+            temperature=0,
+            stop_strings=self.config.sampling.stop_strings,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            for prefix, sampling in (("", self.config.sampling), ("greedy/", greedy)):
+                totals, sources = [], {}
+                size = self.config.train.micro_batch_size
+                for start in range(0, len(prompts), size):
+                    rollout = generate_rollout(model, self.tokenizer, prompts[start : start + size], sampling)
+                    total, per_source = self.score(rollout)
+                    totals.append(total)
+                    for name, values in per_source.items():
+                        sources.setdefault(name, []).append(values)
+                results[f"{prefix}reward"] = torch.cat(totals).mean().item()
+                results.update({f"{prefix}rewards/{n}": torch.cat(v).mean().item() for n, v in sources.items()})
+        return results
