@@ -1,6 +1,6 @@
 """Group-relative policy optimisation with verifiable reward functions and reward models.
 
-    python -m tunekit.recipes.sft --config recipes/sft/tiny.yaml         # the warm start the default points at
+    python -m tunekit.recipes.sft --config recipes/sft/tiny-warmstart.yaml   # the warm start the default uses
     python -m tunekit.recipes.grpo                                       # tiny model, generated arithmetic prompts
     python -m tunekit.recipes.grpo --config recipes/grpo/gsm8k-tiny.yaml
 
@@ -29,7 +29,11 @@ from tunekit.train.runner import RunResult, TrainConfig, train
 
 
 def _grpo_train() -> TrainConfig:
-    return TrainConfig(lr=5e-4, epochs=1, micro_batch_size=8, eval_every=10, warmup_ratio=0.0, scheduler="constant")
+    return TrainConfig(lr=1e-3, epochs=1, micro_batch_size=4, eval_every=10, warmup_ratio=0.0, scheduler="constant")
+
+
+def _grpo_sampling() -> SamplingConfig:
+    return SamplingConfig(num_generations=8, max_new_tokens=16, temperature=1.0)
 
 
 def _default_rewards() -> list[RewardSource]:
@@ -37,15 +41,15 @@ def _default_rewards() -> list[RewardSource]:
 
 
 def _warm_model() -> ModelConfig:
-    # The SFT run that recipes/sft/tiny.yaml writes: GRPO needs a policy that already answers in the format.
-    return ModelConfig(path="runs/sft-tiny/final")
+    # The SFT run that recipes/sft/tiny-warmstart.yaml writes: GRPO needs a policy that already answers in format.
+    return ModelConfig(path="runs/sft-warmstart/final")
 
 
 @dataclass
 class GRPOConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=_warm_model)
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingConfig = field(default_factory=_grpo_sampling)
     rewards: list[RewardSource] = field(default_factory=_default_rewards)
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
     train: TrainConfig = field(default_factory=_grpo_train)
@@ -64,8 +68,8 @@ def check_config(config: GRPOConfig) -> None:
     if config.model.path.startswith(("runs/", "./", "../", "/")) and not path.exists():
         raise ConfigError(
             f"model.path {config.model.path!r} does not exist. The default GRPO config starts from the SFT warm "
-            "start that `python -m tunekit.recipes.sft --config recipes/sft/tiny.yaml` writes; run that first, "
-            "or set model.path"
+            "start that `python -m tunekit.recipes.sft --config recipes/sft/tiny-warmstart.yaml` writes; run "
+            "that first, or set model.path"
         )
 
 
