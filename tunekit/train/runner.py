@@ -173,13 +173,11 @@ class _StopSignal:
 
 def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     """Run the loop described in the module docstring; returns the final step and the logged history."""
-    from accelerate import Accelerator
-
     cfg = spec.train
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 on the CPU")
     resume_from = spec.resume_from
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = _make_accelerator(cfg.mixed_precision)
     world = accelerator.num_processes
     per_step = cfg.micro_batch_size * world * cfg.grad_accum_steps
     data_steps_per_epoch = len(spec.items) // per_step
@@ -333,6 +331,24 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
         _save_final_atomically(spec.save_final, accelerator.unwrap_model(model), out / "final")
     accelerator.wait_for_everyone()
     return RunResult(out, step, history)
+
+
+def _make_accelerator(mixed_precision: str) -> Any:
+    """An Accelerator; in a single process, several runs with different precisions may follow each other.
+
+    accelerate keeps one process-wide state and refuses a second precision; outside a distributed launch that
+    state holds nothing worth keeping between runs, so it is reset.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    try:
+        return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    except ValueError:
+        if PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
 def _save_final_atomically(save: Callable[[torch.nn.Module, Path], None], model: torch.nn.Module, final: Path) -> None:
