@@ -74,3 +74,26 @@ def test_mistakes_are_reported_before_training(tmp_path, overrides, error, messa
     with pytest.raises(error, match=message):
         run(grpo_config(out, *overrides))
     assert not (out / "metrics.jsonl").exists()
+
+
+def test_default_task_raises_the_held_out_reward_after_the_warm_start(tmp_path):
+    from tunekit.recipes.sft import SFTConfig
+    from tunekit.recipes.sft import run as run_sft
+
+    warm = tmp_path / "warm"
+    run_sft(load_config(SFTConfig, "recipes/sft/tiny-warmstart.yaml", [f"output_dir={warm}", "train.progress=false"]))
+    result = run(
+        load_config(
+            GRPOConfig,
+            None,
+            [
+                f"output_dir={tmp_path / 'grpo'}",
+                f"model.path={warm / 'final'}",
+                "train.progress=false",
+                "train.eval_every=50",
+            ],
+        )
+    )
+    sampled = [r["eval/reward"] for r in result.history if "eval/reward" in r]
+    # Measured with seed 0 on 2 CPU cores: 0.383 -> 0.451 mean reward of sampled answers on held-out prompts.
+    assert sampled[-1] > sampled[0] + 0.03, sampled

@@ -17,7 +17,7 @@ from tunekit.rl.rollout import PromptExample
 @dataclass
 class PromptDataConfig(SourceConfig):
     eval_fraction: float = 0.1
-    synthetic_size: int = 1000
+    synthetic_size: int = 400
     prompt_column: str = "prompt"
     # How the prompt column is written; {prompt} is replaced by it.
     prompt_template: str = "{prompt}"

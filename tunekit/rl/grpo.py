@@ -24,12 +24,12 @@ class GRPOLossConfig:
     scale_rewards: bool = True
     # token: mean over all completion tokens of the step; sequence: per-completion mean, then mean (GRPO);
     # dr_grpo: per-completion sum over sampling.max_new_tokens, then mean.
-    aggregation: Aggregation = "token"
+    aggregation: Aggregation = "sequence"
     clip_low: float = 0.2
     # Upper clip range; larger than clip_low is "clip-higher" (DAPO).
     clip_high: float = 0.28
     # Weight of the k3 KL penalty to the reference policy (0: no reference pass at all).
-    kl_beta: float = 0.0
+    kl_beta: float = 0.04
     # Optimizer steps on each batch of rollouts; the log-probs at sampling time stay the "old" policy.
     passes: int = 1
     # Drop groups whose completions all got the same reward (zero advantage, no learning signal).
