@@ -10,18 +10,30 @@ from tunekit.losses.reduce import selective_log_softmax
 from tunekit.losses.sft import IGNORE_INDEX
 
 
-def token_logps(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logps(
+    model: torch.nn.Module, batch: dict[str, Any], entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token log-probs of ``batch["labels"]`` and the mask of positions that have a label.
 
     Returns ``(logps [B, T-1], mask [B, T-1])``: position t holds log p(labels[t+1] | tokens <= t); masked
-    positions hold 0. Only the chosen tokens' log-probs are gathered, never a full-vocabulary log-softmax.
+    positions hold 0. Only the chosen tokens' log-probs are gathered, never a full-vocabulary log-softmax. With
+    ``entropy``, also the entropy of each position's next-token distribution [B, T-1] (no gradient), computed
+    one row at a time.
     """
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     logits = model(**inputs).logits[:, :-1]
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
     logps = selective_log_softmax(logits, labels.clamp(min=0))
-    return logps * mask, mask
+    if not entropy:
+        return logps * mask, mask
+    with torch.no_grad():
+        rows = []
+        for row in logits:
+            log_p = torch.log_softmax(row.float(), dim=-1)
+            rows.append(-(log_p.exp() * log_p).sum(-1))
+        entropies = torch.stack(rows) * mask
+    return logps * mask, mask, entropies
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

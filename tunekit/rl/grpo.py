@@ -94,7 +94,7 @@ class GRPOTrainer:
         return torch.tensor(mask.shape[0])
 
     def step(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        logps, mask = token_logps(model, batch)
+        logps, mask, entropy = token_logps(model, batch, entropy=True)
         old = batch.get("old_logps", logps.detach())
         loss_sum, _, metrics = grpo_loss(
             logps,
@@ -108,6 +108,7 @@ class GRPOTrainer:
             aggregation=self.config.loss.aggregation,
             max_tokens=self.config.sampling.max_new_tokens,
         )
+        metrics["entropy"] = (entropy.sum() / mask.sum().clamp(min=1)).detach()
         return loss_sum, {**metrics, **batch["metrics"]}
 
     def _rollout_metrics(self, rollout: Rollout, total: torch.Tensor, per_source: dict[str, torch.Tensor]) -> dict:
