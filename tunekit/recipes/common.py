@@ -12,7 +12,8 @@ import torch
 
 from tunekit.config import all_keys, load_config
 from tunekit.models.load import ModelConfig
-from tunekit.train.runner import RunSpec, TrainConfig, prepare_output_dir
+from tunekit.train.rundir import prepare_output_dir
+from tunekit.train.runner import RunSpec, TrainConfig
 
 C = TypeVar("C")
 

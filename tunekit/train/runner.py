@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,11 +29,13 @@ import torch
 
 from tunekit.config import save_config
 from tunekit.errors import ConfigError, UserError
-from tunekit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tunekit.train.checkpoint import load_checkpoint, save_checkpoint
 from tunekit.train.log import MetricsLog, Progress
+from tunekit.train.rundir import check_room_for_checkpoints
+from tunekit.train.signals import PREEMPTED_EXIT_CODE, StopSignal
+from tunekit.train.spikes import SpikeDetector
 
 StepFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
-PREEMPTED_EXIT_CODE = 143
 
 
 @dataclass
@@ -58,6 +59,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     # Stop after this many optimizer steps in a row with a non-finite loss or gradient (each is skipped).
     max_bad_steps: int = 5
+    # A step whose loss exceeds this many times the median of recent steps is logged with its example ids
+    # (0: off). Spikes usually point at bad rows.
+    spike_factor: float = 5.0
     progress: bool = True
     # Pad batch widths to a multiple of this (8 suits tensor cores).
     pad_to_multiple_of: int = 1
@@ -99,23 +103,6 @@ class TrainingStopped(UserError):
     """Training could not go on (e.g. repeated non-finite losses); the last good checkpoint is kept."""
 
 
-def prepare_output_dir(output_dir: Path, resume: str | None) -> Path | None:
-    """Check ``output_dir`` before anything is written; return the checkpoint to resume from, if any."""
-    if resume not in (None, "auto"):
-        path = Path(resume)
-        if not (path / "COMPLETE").is_file():
-            raise ConfigError(f"resume={resume!r} is not a complete checkpoint directory (no COMPLETE marker)")
-        return path
-    if output_dir.exists() and any(output_dir.iterdir()):
-        if resume == "auto":
-            return latest_checkpoint(output_dir)
-        raise ConfigError(
-            f"output_dir {output_dir} already holds a run; pass resume=auto to continue it, "
-            "or choose another output_dir"
-        )
-    return None
-
-
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -146,31 +133,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total
     return make(optimizer, warmup, total_steps)
 
 
-class _StopSignal:
-    """Remembers SIGTERM / SIGINT so the loop can finish its step and checkpoint before exiting."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignal:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:  # a second signal: give up at once
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     """Run the loop described in the module docstring; returns the final step and the logged history."""
     cfg = spec.train
@@ -191,6 +153,10 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     if spec.max_steps is not None:
         total_steps = min(total_steps, spec.max_steps)
 
+    trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    if accelerator.is_main_process:
+        # Weights plus AdamW's two moments.
+        check_room_for_checkpoints(spec.output_dir, 3 * trainable_bytes)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -243,9 +209,10 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             if log is not None:
                 log.write(baseline)
     bad_in_a_row = 0
+    spikes = SpikeDetector(cfg.spike_factor)
     step = start_step
     window_tokens, window_start = 0, time.perf_counter()
-    with _StopSignal() as stop:
+    with StopSignal() as stop:
         prepared: list[dict[str, Any]] | None = None
         while step < total_steps:
             if prepared is None or step % spec.passes_per_batch == 0:
@@ -289,7 +256,8 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                     f"(the last good checkpoint in {out / 'checkpoints'} is kept)"
                 )
 
-            if step % cfg.log_every == 0 or step == total_steps:
+            spike = finite and spikes.is_spike(loss_mean)
+            if step % cfg.log_every == 0 or step == total_steps or spike or not finite:
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "step": step,
@@ -302,6 +270,11 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                 }
                 if not finite:
                     record["skipped_nonfinite"] = True
+                elif spike:
+                    ids = [i for b in batches if "example_ids" in b for i in b["example_ids"].tolist()]
+                    record["loss_spike"] = True
+                    record["spike_example_ids"] = ids
+                    accelerator.print(f"step {step}: loss {loss_mean:.4g} is a spike; its examples: {ids}")
                 window_tokens, window_start = 0, time.perf_counter()
                 if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
                     record.update(_evaluate(spec, model, step_fn, accelerator))

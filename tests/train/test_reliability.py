@@ -1,0 +1,126 @@
+"""Non-finite steps, loss spikes, preemption and an unwritable output_dir."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tunekit.recipes.sft as sft_recipe
+from tunekit.config import load_config
+from tunekit.errors import ConfigError
+from tunekit.recipes.sft import SFTConfig, run
+from tunekit.train.checkpoint import latest_checkpoint
+from tunekit.train.log import read_metrics
+from tunekit.train.runner import TrainingStopped
+from tunekit.train.signals import PREEMPTED_EXIT_CODE
+
+BASE = [
+    "data.synthetic_size=64",
+    "data.eval_fraction=0",
+    "train.progress=false",
+    "train.micro_batch_size=4",
+    "train.lr=1e-2",
+]
+
+
+def config(out, *overrides):
+    return load_config(SFTConfig, None, [f"output_dir={out}", *BASE, *overrides])
+
+
+def poisoned_step(monkeypatch, bad_calls, scale=float("nan")):
+    """Make the SFT step return ``loss * scale`` on the given (1-based) calls."""
+    real = sft_recipe.sft_step
+    calls = {"n": 0}
+
+    def step(model, batch):
+        calls["n"] += 1
+        loss, metrics = real(model, batch)
+        return (loss * scale if calls["n"] in bad_calls else loss), metrics
+
+    monkeypatch.setattr(sft_recipe, "sft_step", step)
+
+
+def test_a_nan_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
+    poisoned_step(monkeypatch, {2})
+    result = run(config(tmp_path / "run", "max_steps=4"))
+    assert [r.get("skipped_nonfinite", False) for r in result.history] == [False, True, False, False]
+    assert all(
+        torch.isfinite(t).all()
+        for t in load_file(str(tmp_path / "run" / "final" / "adapter_model.safetensors")).values()
+    )
+
+
+def test_nan_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
+    poisoned_step(monkeypatch, set(range(3, 100)))
+    with pytest.raises(TrainingStopped, match="3 steps in a row had a non-finite loss"):
+        run(config(tmp_path / "run", "max_steps=10", "train.save_every=2", "train.max_bad_steps=3"))
+    kept = latest_checkpoint(tmp_path / "run")
+    assert kept is not None and kept.name == "step-4"  # steps 3 and 4 were skipped, so their weights are step 2's
+    weights = load_file(str(kept / "trainable.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_loss_spikes_are_logged_with_their_examples(tmp_path, monkeypatch):
+    poisoned_step(monkeypatch, {14}, scale=100.0)
+    result = run(config(tmp_path / "run", "max_steps=16", "train.log_every=4"))
+    [spike] = [r for r in result.history if r.get("loss_spike")]
+    assert spike["step"] == 14 and len(spike["spike_example_ids"]) == 4
+    assert len([r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r.get("loss_spike")]) == 1
+
+
+def test_sigterm_checkpoints_and_the_run_resumes_to_the_same_result(tmp_path):
+    args = [*BASE, "max_steps=40", "train.epochs=3", "train.save_every=100", "model.adapter.dropout=0.1"]
+    reference = run(config(tmp_path / "ref", *args[len(BASE) :]))
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunekit.recipes.sft", f"output_dir={out}", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        (out / "metrics.jsonl").exists() and len(read_metrics(out / "metrics.jsonl")) >= 3
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out_text, err = proc.communicate(timeout=120)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
+    assert "continue with resume=auto" in out_text + err
+    stopped_at = int(latest_checkpoint(out).name.split("-")[1])
+    assert 3 <= stopped_at < 40
+    resumed = run(config(out, *args[len(BASE) :], "resume=auto"))
+    assert resumed.history[-1]["step"] == 40
+    a = load_file(str(tmp_path / "ref" / "final" / "adapter_model.safetensors"))
+    b = load_file(str(out / "final" / "adapter_model.safetensors"))
+    assert reference.step == 40
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
+
+
+def test_unwritable_output_dir_is_refused_before_training(tmp_path, monkeypatch):
+    from tunekit.train import rundir
+
+    # Folder permissions do not bind root (as CI runs); the check itself is what is tested here.
+    monkeypatch.setattr(rundir.os, "access", lambda path, mode: False)
+    with pytest.raises(ConfigError, match="is not a writable folder"):
+        run(config(tmp_path / "run", "max_steps=1"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_dir_without_room_for_a_checkpoint(tmp_path, monkeypatch):
+    import shutil
+
+    from tunekit.train import rundir
+
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 20, 10 << 20, 1 << 20))
+    with pytest.raises(ConfigError, match="MiB free; a checkpoint of this run needs about"):
+        run(config(tmp_path / "run", "max_steps=1"))
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,34 @@
+"""SIGTERM and SIGINT during training: finish the step, checkpoint, exit with a distinct code."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+# 128 + SIGTERM, what a shell reports for a terminated process; schedulers treat it as "preempted, requeue".
+PREEMPTED_EXIT_CODE = 143
+
+
+class StopSignal:
+    """Remembers SIGTERM / SIGINT so the loop can finish its step and checkpoint before exiting."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # a second signal: give up at once
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
