@@ -124,3 +124,12 @@ def test_output_dir_without_room_for_a_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="MiB free; a checkpoint of this run needs about"):
         run(config(tmp_path / "run", "max_steps=1"))
     assert not (tmp_path / "run").exists()
+
+
+def test_random_kills_always_resume_to_the_uninterrupted_result(tmp_path, tiny_llama_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from kill_trials import kill_trials
+
+    report = kill_trials(tmp_path, trials=20, seed=0)
+    assert len(report["resumed_from_step"]) == 20
+    assert report["max_abs_diff"] <= 1e-6, report

@@ -172,7 +172,9 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(spec.config, out / "config.yaml")
-        log = MetricsLog(out / "metrics.jsonl", resume_step=start_step if resume_from else None)
+        # Lines past the resumed step (or every line, when a killed run left no checkpoint) are dropped, so the
+        # file always tells one consistent history.
+        log = MetricsLog(out / "metrics.jsonl", resume_step=start_step if resume_from else -1)
     progress = Progress(total_steps, start_step, cfg.progress and accelerator.is_main_process)
 
     def checkpoint(step: int) -> None:
