@@ -97,3 +97,34 @@ def test_default_task_raises_the_held_out_reward_after_the_warm_start(tmp_path):
     sampled = [r["eval/reward"] for r in result.history if "eval/reward" in r]
     # Measured with seed 0 on 2 CPU cores: 0.383 -> 0.451 mean reward of sampled answers on held-out prompts.
     assert sampled[-1] > sampled[0] + 0.03, sampled
+
+
+def test_a_reward_model_from_the_reward_recipe_is_a_reward_source(tmp_path):
+    from tunekit.models.reward import RewardScorer
+    from tunekit.recipes.reward import RewardConfig
+    from tunekit.recipes.reward import run as run_reward
+    from tunekit.rl.rewards import load_reward_function
+
+    rm = tmp_path / "rm"
+    run_reward(
+        load_config(
+            RewardConfig,
+            None,
+            [
+                f"output_dir={rm}",
+                "train.progress=false",
+                "max_steps=3",
+                "data.synthetic_size=48",
+                "data.eval_fraction=0",
+            ],
+        )
+    )
+    fn = load_reward_function(f"model:{rm / 'final'}")
+    prompts, completions = ["Question: What is 1 + 2?\nAnswer:"], [" 1 + 2 = 3. #### 3"]
+    assert fn(prompts=prompts, completions=completions, answer=["3"]) == pytest.approx(
+        RewardScorer.from_pretrained(rm / "final").score(prompts, completions), abs=1e-6
+    )
+    result = run(grpo_config(tmp_path / "grpo", "max_steps=1", f"rewards=[{{name: 'model:{rm / 'final'}'}}]"))
+    assert f"rewards/model:{rm / 'final'}" in result.history[-1]
+    with pytest.raises(ConfigError, match="is not a reward model directory"):
+        load_reward_function(f"model:{tmp_path}")

@@ -7,12 +7,14 @@ A reward function is plain Python with one contract::
 ``columns`` are the batch's data columns (e.g. ``answer`` for GSM8K), one entry per completion, passed by name so a
 function takes the columns it needs and ignores the rest with ``**columns``; ``kwargs`` are the function's own
 options from the config. A recipe config lists its rewards as :class:`RewardSource` entries, each naming its
-function in one of three ways:
+function in one of four ways:
 
 - a built-in name from :data:`BUILTIN_REWARDS` (``math_correct``, ``format``, ``length_penalty``);
 - a file and a function, ``reward_models/math.py:math_correct`` or ``/abs/path/my_rewards.py:score``; a relative
   path is looked up in the current directory first, then in the tunekit repository;
-- a dotted import path, ``my_pkg.rewards:score`` or ``my_pkg.rewards.score``.
+- a dotted import path, ``my_pkg.rewards:score`` or ``my_pkg.rewards.score``;
+- a reward model, ``model:runs/reward-tiny/final``: a reward run's final/ (or a merged export), scored at the last
+  real token through :class:`tunekit.models.reward.RewardScorer`.
 
 Only the named file or module is loaded; directories are never scanned, so nothing runs that the config did not ask
 for. Mistakes in the config are :class:`~tunekit.errors.ConfigError`; a function that raises or returns something
@@ -52,6 +54,9 @@ BUILTIN_REWARDS: dict[str, str] = {
 # The repository that holds tunekit/ and reward_models/ (an editable install or a checkout on sys.path).
 REPO_ROOT = Path(tunekit.__file__).resolve().parents[1]
 
+# "model:<dir>" names a reward model trained by the reward recipe, scored through its scoring API.
+REWARD_MODEL_PREFIX = "model:"
+
 _SHOW_CHARS = 80  # how much of a prompt or completion an error message quotes
 
 
@@ -76,7 +81,7 @@ class RewardFunctionError(UserError):
 
 
 def load_reward_function(name: str, repo_root: Path | None = None) -> RewardFn:
-    """Resolve a reward's ``name`` (see the module docstring for the three forms) to the callable it names.
+    """Resolve a reward's ``name`` (see the module docstring for the forms) to the callable it names.
 
     ``repo_root`` is where built-ins and the fallback for relative file paths live (default: the repository this
     tunekit was imported from). Raises ConfigError for an unknown built-in, a missing file, module or function,
@@ -86,6 +91,8 @@ def load_reward_function(name: str, repo_root: Path | None = None) -> RewardFn:
     name = name.strip()
     if not name:
         raise ConfigError(f"a reward needs a name: {_forms_hint()}")
+    if name.startswith(REWARD_MODEL_PREFIX):
+        return reward_model_function(name[len(REWARD_MODEL_PREFIX) :])
     target, colon, attr = name.rpartition(":")
     if colon and _looks_like_file(target):
         return _function_from_file(name, target, attr, search=_search_dirs(target, root))
@@ -103,6 +110,24 @@ def load_reward_function(name: str, repo_root: Path | None = None) -> RewardFn:
     return _function_from_file(name, file_part, attr, search=[root], builtin=True)
 
 
+def reward_model_function(path: str) -> RewardFn:
+    """A reward function that scores (prompt, completion) with a reward run's final/ (or a merged export)."""
+    from tunekit.models.reward import RewardScorer
+
+    if not (Path(path) / "config.json").is_file() and not (Path(path) / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"reward {REWARD_MODEL_PREFIX}{path}: {path!r} is not a reward model directory (a reward run's final/ "
+            "or a merged export)"
+        )
+    scorer = RewardScorer.from_pretrained(path)
+
+    def score(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+        return scorer.score(prompts, completions)
+
+    score.__name__ = f"reward_model({path})"
+    return score
+
+
 def load_reward_sources(
     sources: Sequence[RewardSource], repo_root: Path | None = None
 ) -> list[tuple[RewardSource, RewardFn]]:
@@ -113,7 +138,8 @@ def load_reward_sources(
 def _forms_hint() -> str:
     return (
         f"use a built-in ({', '.join(sorted(BUILTIN_REWARDS))}), a file and function "
-        "('reward_models/math.py:math_correct') or an import path ('my_pkg.rewards:score')"
+        "('reward_models/math.py:math_correct'), an import path ('my_pkg.rewards:score') or a reward model "
+        "('model:runs/reward-tiny/final')"
     )
 
 
