@@ -28,19 +28,27 @@ def adapter(run_dir):
     return load_file(str(run_dir / "final" / "adapter_model.safetensors"))
 
 
-def test_accumulating_micro_batches_equals_one_large_batch(tmp_path, monkeypatch):
-    # Plain SGD makes the weights a linear function of the gradients; Adam's first steps divide by |g| and blow
-    # float rounding in near-zero gradients up to differences of order lr.
-    import tunekit.train.runner as runner
-
-    monkeypatch.setattr(
-        runner,
-        "build_optimizer",
-        lambda model, cfg: torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr),
-    )
+def test_accumulating_micro_batches_equals_one_large_batch(tmp_path):
+    # train.optimizer=sgd: weights move linearly with the gradients, so equal weights mean equal gradients.
     # Synthetic examples have unequal lengths, so a per-micro-batch mean would weigh tokens differently.
-    big = run(sft_config(tmp_path / "big", "train.micro_batch_size=4", "train.grad_accum_steps=1", "max_steps=3"))
-    small = run(sft_config(tmp_path / "small", "train.micro_batch_size=1", "train.grad_accum_steps=4", "max_steps=3"))
+    big = run(
+        sft_config(
+            tmp_path / "big",
+            "train.micro_batch_size=4",
+            "train.grad_accum_steps=1",
+            "max_steps=3",
+            "train.optimizer=sgd",
+        )
+    )
+    small = run(
+        sft_config(
+            tmp_path / "small",
+            "train.micro_batch_size=1",
+            "train.grad_accum_steps=4",
+            "max_steps=3",
+            "train.optimizer=sgd",
+        )
+    )
     for a, b in zip(big.history, small.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], abs=1e-5)

@@ -45,7 +45,10 @@ class TrainConfig:
     grad_accum_steps: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.0
-    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
+    # sgd (plain, no momentum) updates linearly in the gradient, which makes it the optimizer for exact
+    # invariance checks: AdamW's first steps divide by |g| and turn rounding in near-zero gradients into
+    # differences of order lr.
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"] = "adamw"
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
@@ -109,6 +112,8 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
         raise ConfigError("the model has no trainable parameters; check model.adapter")
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
     try:
         import bitsandbytes as bnb
     except Exception as err:

@@ -1,0 +1,105 @@
+"""Two processes (torch.distributed on the CPU, gloo) give the run one process gives with the same global batch.
+
+accelerate's own launcher starts a single process on the CPU (it has no multi-CPU launcher without MPI), so
+the processes are started with torchrun, whose environment tunekit's Accelerator picks up as it does under
+`accelerate launch` on GPUs.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunekit.config import load_config
+from tunekit.recipes import dpo, grpo, sft
+from tunekit.train.log import read_metrics
+
+CASES = {
+    "sft": (sft, sft.SFTConfig, ["data.synthetic_size=48", "data.eval_fraction=0.1"]),
+    "dpo": (dpo, dpo.DPOConfig, ["data.synthetic_size=48", "data.eval_fraction=0.1"]),
+    "grpo": (
+        grpo,
+        grpo.GRPOConfig,
+        [
+            "model.path=tiny-llama",
+            "data.synthetic_size=16",
+            "data.max_eval_examples=4",
+            "sampling.num_generations=4",
+            "sampling.max_new_tokens=6",
+            "sample_every=0",
+            "sampling.temperature=0",
+        ],
+    ),
+}
+# Plain SGD: equal weights then mean equal gradients (AdamW would amplify float rounding in near-zero gradients).
+COMMON = ["train.progress=false", "max_steps=3", "train.lr=1e-1", "train.eval_every=3", "train.optimizer=sgd"]
+
+
+def torchrun(recipe, args, port):
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+        f"tunekit.recipes.{recipe}",
+        *args,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("recipe", list(CASES))
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, recipe):
+    module, config_cls, extra = CASES[recipe]
+    micro = 2 if recipe != "grpo" else 1
+    one = module.run(
+        load_config(
+            config_cls, None, [f"output_dir={tmp_path / 'one'}", *COMMON, *extra, f"train.micro_batch_size={2 * micro}"]
+        )
+    )
+    port = 29600 + list(CASES).index(recipe)
+    torchrun(recipe, [f"output_dir={tmp_path / 'two'}", *COMMON, *extra, f"train.micro_batch_size={micro}"], port)
+    two = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    # Written once, by the main process: one line per logged step, no duplicates.
+    assert [r["step"] for r in two] == [r["step"] for r in one.history]
+    for a, b in zip(one.history, two, strict=True):
+        for key in ("loss", "eval/loss"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=1e-5), (key, a["step"])
+    w1 = load_file(str(tmp_path / "one" / "final" / "adapter_model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "final" / "adapter_model.safetensors"))
+    for name in w1:
+        torch.testing.assert_close(w1[name], w2[name], atol=1e-5, rtol=0)
+
+
+def test_a_two_process_run_resumes_from_its_own_checkpoint(tmp_path):
+    args = [
+        "train.progress=false",
+        "train.lr=1e-2",
+        "data.synthetic_size=48",
+        "data.eval_fraction=0",
+        "train.micro_batch_size=2",
+        "train.save_every=2",
+        "train.keep_checkpoints=0",
+        "max_steps=4",
+    ]
+    torchrun("sft", [f"output_dir={tmp_path / 'full'}", *args], 29610)
+    import shutil
+
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step-4")
+    shutil.rmtree(tmp_path / "cut" / "final")
+    torchrun("sft", [f"output_dir={tmp_path / 'cut'}", *args, "resume=auto"], 29611)
+    assert [r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")] == [1, 2, 3, 4]
+    a = load_file(str(tmp_path / "full" / "final" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "final" / "adapter_model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
