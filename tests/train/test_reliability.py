@@ -49,6 +49,7 @@ def test_a_nan_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
     poisoned_step(monkeypatch, {2})
     result = run(config(tmp_path / "run", "max_steps=4"))
     assert [r.get("skipped_nonfinite", False) for r in result.history] == [False, True, False, False]
+    assert [r.get("nonfinite_steps_skipped", 0) for r in result.history] == [0, 1, 1, 1]
     assert all(
         torch.isfinite(t).all()
         for t in load_file(str(tmp_path / "run" / "final" / "adapter_model.safetensors")).values()

@@ -215,7 +215,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             history.append(baseline)
             if log is not None:
                 log.write(baseline)
-    bad_in_a_row = 0
+    bad_in_a_row = skipped_total = 0
     spikes = SpikeDetector(cfg.spike_factor)
     step = start_step
     window_tokens, window_start = 0, time.perf_counter()
@@ -254,6 +254,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                 bad_in_a_row = 0
             else:
                 bad_in_a_row += 1
+                skipped_total += 1
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
@@ -275,6 +276,8 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                     "tokens_per_s": _global_sum(accelerator, window_tokens) / max(elapsed, 1e-9),
                     **{k: _global_sum(accelerator, v) / max(step_items, 1.0) for k, v in sorted(sums.items())},
                 }
+                if skipped_total:
+                    record["nonfinite_steps_skipped"] = skipped_total  # in this process's run so far
                 if not finite:
                     record["skipped_nonfinite"] = True
                 elif spike:
