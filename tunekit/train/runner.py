@@ -92,6 +92,10 @@ class RunSpec:
     prepare: Callable[[torch.nn.Module, list[dict[str, Any]], int], list[dict[str, Any]]] | None = None
     # Optimizer steps taken on each prepared batch (several PPO/GRPO passes over one set of rollouts).
     passes_per_batch: int = 1
+    # The micro-batches trained at pass k of a prepared set: select(prepared, k) -> micro_batches (default: all of
+    # them every pass). PPO returns one shuffled minibatch per pass; an empty list skips the pass (no update, the
+    # schedule moves on), e.g. for PPO's early stop on approximate KL.
+    select: Callable[[list[dict[str, Any]], int], list[dict[str, Any]]] | None = None
     extra_state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -226,7 +230,8 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                 prepared = micro_batches(step)
                 if spec.prepare is not None:
                     prepared = spec.prepare(model, prepared, step)
-            batches = prepared
+            batches = prepared if spec.select is None else spec.select(prepared, step % spec.passes_per_batch)
+            skipped = not batches
             model.train()
             step_items = _global_sum(accelerator, sum(float(b["num_items"]) for b in batches))
             loss_total = torch.zeros((), device=accelerator.device)
@@ -264,8 +269,9 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                     f"(the last good checkpoint in {out / 'checkpoints'} is kept)"
                 )
 
-            spike = finite and spikes.is_spike(loss_mean)
-            if step % cfg.log_every == 0 or step == total_steps or spike or not finite:
+            spike = finite and not skipped and spikes.is_spike(loss_mean)
+            evaluating = (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps
+            if (step % cfg.log_every == 0 and not skipped) or evaluating or spike or not finite:
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "step": step,
@@ -276,6 +282,9 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                     "tokens_per_s": _global_sum(accelerator, window_tokens) / max(elapsed, 1e-9),
                     **{k: _global_sum(accelerator, v) / max(step_items, 1.0) for k, v in sorted(sums.items())},
                 }
+                if skipped:
+                    del record["loss"], record["grad_norm"]
+                    record["skipped_pass"] = True
                 if skipped_total:
                     record["nonfinite_steps_skipped"] = skipped_total  # in this process's run so far
                 if not finite:
@@ -286,7 +295,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                     record["spike_example_ids"] = ids
                     accelerator.print(f"step {step}: loss {loss_mean:.4g} is a spike; its examples: {ids}")
                 window_tokens, window_start = 0, time.perf_counter()
-                if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
+                if evaluating:
                     record.update(_evaluate(spec, model, step_fn, accelerator))
                     window_start = time.perf_counter()
                 history.append(record)
