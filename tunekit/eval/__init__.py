@@ -1,0 +1,1 @@
+"""Evaluation: generation (greedy, sampled, best-of-n) and the tasks that score it, for ``tunekit.recipes.eval``."""

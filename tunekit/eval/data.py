@@ -1,0 +1,130 @@
+"""The rows an evaluation reads, turned into generation prompts or into training-style examples for perplexity.
+
+One ``data`` section serves every task of a run: exact match and win rate generate from the prompt column and
+compare with a reference column; perplexity tokenizes whole rows exactly as ``tunekit.data.sft`` does for
+training (same segments, same label masking), so an evaluation loss is the training loss on new rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tunekit.data import synthetic
+from tunekit.data.formats import render_chat
+from tunekit.data.sft import DataConfig
+from tunekit.data.sources import Rows, read_rows
+from tunekit.errors import ConfigError, DataError
+from tunekit.rl.rollout import PromptExample
+
+# Synthetic evaluation rows are drawn with this offset on the seed: the same rows the SFT recipe holds out for
+# the same seed, so an SFT run's held-out loss and this evaluation's perplexity are measured on one set.
+SYNTHETIC_SEED_OFFSET = 10_000
+
+
+@dataclass
+class EvalDataConfig:
+    # A .jsonl/.json/.parquet/.csv file, a dataset directory, a hub id, or "synthetic" (tunekit's generated
+    # arithmetic, prompt/completion rows ending in "#### N").
+    path: str = "synthetic"
+    split: str = "train"
+    # Rows generated when path is "synthetic"; a cap on the rows read from a source (null: all).
+    synthetic_size: int = 64
+    max_examples: int | None = None
+    # Perplexity reads rows in one of the training formats (see docs/data.md); auto detects it from the columns.
+    format: Literal["auto", "text", "prompt_completion", "messages"] = "auto"
+    text_column: str = "text"
+    prompt_column: str = "prompt"
+    # The reference completion: the target of perplexity and the opponent of win_rate.opponent=reference.
+    completion_column: str = "completion"
+    messages_column: str = "messages"
+    # Exact match reads the reference answer here (null: completion_column); "... #### 18" or a bare number.
+    answer_column: str | None = None
+    # How a string prompt is written before its completion; {prompt} is replaced by the prompt column.
+    prompt_template: str = "{prompt}"
+    # Perplexity: longer examples are cut at the end, as in training.
+    max_length: int = 512
+    # Generation: a prompt longer than this many tokens is an error naming its row.
+    max_prompt_length: int = 512
+
+    @property
+    def reference_answer_column(self) -> str:
+        return self.answer_column or self.completion_column
+
+
+def load_eval_rows(config: EvalDataConfig, seed: int) -> Rows:
+    """The rows to evaluate on: all of data.path (up to data.max_examples), or generated ones."""
+    if config.path == "synthetic":
+        if config.synthetic_size < 1:
+            raise ConfigError(f"data.synthetic_size must be at least 1, got {config.synthetic_size}")
+        rows = Rows("synthetic", synthetic.sft_examples(config.synthetic_size, seed + SYNTHETIC_SEED_OFFSET))
+    else:
+        rows = read_rows(config.path, config.split)
+    if config.max_examples is not None:
+        if config.max_examples < 1:
+            raise ConfigError(f"data.max_examples must be at least 1 (or null for all), got {config.max_examples}")
+        rows = rows.subset(list(range(min(config.max_examples, len(rows)))))
+    if len(rows) == 0:
+        raise DataError(f"{rows.source} holds no rows")
+    return rows
+
+
+def sft_data_config(config: EvalDataConfig) -> DataConfig:
+    """The training data config that tokenizes these rows the way SFT does (loss on completions only)."""
+    return DataConfig(
+        path=config.path,
+        format=config.format,
+        text_column=config.text_column,
+        prompt_column=config.prompt_column,
+        completion_column=config.completion_column,
+        messages_column=config.messages_column,
+        prompt_template=config.prompt_template,
+        max_length=config.max_length,
+    )
+
+
+def require_column(rows: Rows, column: str, key: str) -> list[Any]:
+    """Every row's value of ``column``, or a DataError naming the first row without it and the config key."""
+    values = []
+    for i, row in enumerate(rows.rows):
+        if row.get(column) is None:
+            raise DataError(f"{rows.where(i)}: missing column {column!r} ({key}; the row has {sorted(row)})")
+        values.append(row[column])
+    return values
+
+
+def build_prompts(rows: Rows, config: EvalDataConfig, tokenizer: Any) -> list[PromptExample]:
+    """One generation prompt per row, tokenized as in training: BOS, then ``prompt_template`` filled with a string
+    prompt, or chat messages rendered with the chat template and its generation prompt.
+
+    Each prompt carries the row's other columns for reward functions, plus ``answer`` (the data.answer_column
+    value) when the row has no column of that name, so ``math_correct`` can pick the best of n on any data.
+    """
+    if "{prompt}" not in config.prompt_template:
+        raise ConfigError(f"data.prompt_template {config.prompt_template!r} must contain {{prompt}}")
+    require_column(rows, config.prompt_column, "data.prompt_column")
+    bos = tokenizer.bos_token_id
+    # Every prompt carries the same column names (None where a row lacks one): rollouts batch them by name.
+    names = sorted({k for row in rows.rows for k in row if k != config.prompt_column} | {"answer"})
+    prompts = []
+    for i, row in enumerate(rows.rows):
+        where = rows.where(i)
+        value = row[config.prompt_column]
+        if isinstance(value, list):
+            text = render_chat(value, tokenizer, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        elif isinstance(value, str):
+            text = config.prompt_template.replace("{prompt}", value)
+            ids = ([bos] if bos is not None else []) + tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            raise DataError(f"{where}: column {config.prompt_column!r} must be a string or a list of messages")
+        if len(ids) > config.max_prompt_length:
+            raise DataError(
+                f"{where}: the prompt has {len(ids)} tokens, more than data.max_prompt_length="
+                f"{config.max_prompt_length}; raise it or shorten the prompt"
+            )
+        columns = {k: row.get(k) for k in names}
+        if "answer" not in row:
+            columns["answer"] = row.get(config.reference_answer_column)
+        prompts.append(PromptExample(text, ids, columns, i))
+    return prompts

@@ -1,0 +1,82 @@
+"""Writing an evaluation's run directory: config.yaml, samples.jsonl and results.json.
+
+Nothing is written until every task has finished, so a refused config or a failing reward function leaves no
+run directory behind. Each file is written under a temporary name and renamed into place, and results.json
+goes last: a run directory with a results.json holds a complete evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from tunekit.config import to_dict
+from tunekit.eval.sampling import Generations
+from tunekit.eval.tasks import TaskResult
+from tunekit.rl.rollout import PromptExample
+
+
+def sample_lines(
+    prompts: list[PromptExample], generations: Generations | None, results: dict[str, TaskResult]
+) -> list[dict[str, Any]]:
+    """One line per prompt: its index and prompt, the kept completion, best-of-n's candidates and scores, and
+    each generation task's fields (``correct``, ``win``, ...). Empty when no task generated."""
+    if generations is None:
+        return []
+    lines = []
+    for i, prompt in enumerate(prompts):
+        line: dict[str, Any] = {"index": prompt.index, "prompt": prompt.prompt}
+        line["completion"] = generations.completions[i]
+        line["truncated"] = generations.truncated[i][generations.chosen[i]]
+        if generations.scores is not None:
+            line["score"] = generations.scores[i][generations.chosen[i]]
+            line["completions"] = generations.candidates[i]
+            line["scores"] = generations.scores[i]
+        for result in results.values():
+            if result.samples:
+                line.update(result.samples[i])
+        lines.append(line)
+    return lines
+
+
+def results_record(config: Any, results: dict[str, TaskResult], seconds: float) -> dict[str, Any]:
+    """results.json: every task's metrics in one flat map, its counts by task, and the resolved config."""
+    metrics: dict[str, Any] = {}
+    for result in results.values():
+        metrics.update(result.metrics)
+    return {
+        "metrics": {k: _finite_or_none(v) for k, v in metrics.items()},
+        "counts": {name: result.counts for name, result in results.items()},
+        "model": config.model.path,
+        "tasks": list(results),
+        "seconds": round(seconds, 3),
+        "config": to_dict(config),
+    }
+
+
+def write_run(output_dir: Path, config: Any, record: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+    """Create ``output_dir`` and write its three files, results.json last."""
+    import yaml
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(output_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+    write_atomic(output_dir / "samples.jsonl", "".join(json.dumps(line) + "\n" for line in samples))
+    write_atomic(output_dir / "results.json", json.dumps(record, indent=2) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place (never a half-written file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _finite_or_none(value: Any) -> Any:
+    # JSON has no infinity: a perplexity that overflowed is written as null rather than as invalid JSON.
+    return None if isinstance(value, float) and not math.isfinite(value) else value
