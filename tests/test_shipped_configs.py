@@ -6,13 +6,21 @@ import pytest
 
 from tunekit.config import load_config
 from tunekit.recipes.dpo import DPOConfig
+from tunekit.recipes.eval import EvalConfig
 from tunekit.recipes.grpo import GRPOConfig
 from tunekit.recipes.pretrain import PretrainConfig
 from tunekit.recipes.reward import RewardConfig
 from tunekit.recipes.sft import SFTConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-SCHEMAS = {"sft": SFTConfig, "pretrain": PretrainConfig, "reward": RewardConfig, "dpo": DPOConfig, "grpo": GRPOConfig}
+SCHEMAS = {
+    "sft": SFTConfig,
+    "pretrain": PretrainConfig,
+    "reward": RewardConfig,
+    "dpo": DPOConfig,
+    "grpo": GRPOConfig,
+    "eval": EvalConfig,
+}
 CONFIGS = sorted(p for name in SCHEMAS for p in (RECIPES / name).glob("*.yaml"))
 
 

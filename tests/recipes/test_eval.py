@@ -4,6 +4,7 @@ mistakes refused with exit code 2 before a run directory exists."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from tunekit.errors import USER_ERROR_EXIT_CODE, exit_on_user_error
 from tunekit.eval.tasks import outcomes
 from tunekit.recipes.eval import EvalConfig, main, run
 
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "eval"
 FAST = ["data.synthetic_size=8", "generation.max_new_tokens=8", "batch_size=8"]
 
 JUDGES = """
@@ -138,6 +140,26 @@ def test_an_sft_run_and_its_merged_export_evaluate_alike(tmp_path):
     assert [s["opponent_completion"] for s in adapter.samples] == completions["b"] != completions["a"]
     # A few SFT steps already fit the task's held-out rows much better than the base it started from.
     assert adapter.metrics["perplexity"] < base.metrics["perplexity"] / 2
+
+
+def test_the_gsm8k_config_runs_on_a_few_questions(tmp_path, shared_data):
+    config = load_config(
+        EvalConfig,
+        RECIPES / "gsm8k-tiny.yaml",
+        [
+            f"output_dir={tmp_path / 'eval'}",
+            "model.path=tiny-llama",
+            f"data.path={shared_data / 'gsm8k' / 'test.jsonl'}",
+            "data.max_examples=4",
+            "generation.max_new_tokens=8",
+        ],
+    )
+    run(config)
+    results, samples = read_run(tmp_path / "eval")
+    assert results["counts"]["exact_match"]["examples"] == 4 and len(samples) == 4
+    assert samples[0]["prompt"].startswith("Question: Janet") and samples[0]["reference"].endswith("#### 18")
+    # Perplexity is taken over the reference solutions only: several dozen tokens each, never the questions.
+    assert results["counts"]["perplexity"]["tokens"] > 4 * 30
 
 
 @pytest.mark.parametrize(
