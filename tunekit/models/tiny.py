@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,15 +37,23 @@ def tiny_model_path(name: str) -> Path:
     """Directory of the embedded model ``name``, building it on first use."""
     if name not in TINY_MODELS:
         raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY_MODELS)}")
-    target = cache_dir() / "models" / f"{name}-{_VERSION}"
+    return cached_model_dir(f"{name}-{_VERSION}", lambda out: build_tiny_model(name, out))
+
+
+def cached_model_dir(key: str, build: Callable[[Path], None]) -> Path:
+    """``<cache>/models/<key>``, written by ``build(directory)`` on first use.
+
+    ``key`` must change whenever what ``build`` writes changes, so that old caches are not reused.
+    """
+    target = cache_dir() / "models" / key
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename, so that a killed build never leaves a half-written cache entry and
     # two processes building at once both end up with a complete directory.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
-        build_tiny_model(name, tmp)
+        build(tmp)
         try:
             tmp.rename(target)
         except OSError:
@@ -86,19 +96,35 @@ def train_tokenizer(vocab_size: int = 512, texts: list[str] | None = None):
 
 def build_tiny_model(name: str, out_dir: Path, seed: int = 0) -> None:
     """Write tokenizer and randomly initialised weights of tiny model ``name`` to ``out_dir``."""
+    tokenizer = train_tokenizer()
+    # Small enough for seconds-long CPU tests, big enough to learn the default tasks (a 64-wide, 2-layer
+    # model could not learn the default preference pairs: about 65% held-out reward accuracy).
+    shape = dict(
+        hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4
+    )
+    arch = "llama" if name == "tiny-llama" else "mistral"
+    build_causal_lm(out_dir, tokenizer, shape, arch=arch, seed=seed)
+
+
+def build_causal_lm(
+    out_dir: Path,
+    tokenizer: Any,
+    shape: dict[str, int],
+    arch: str = "llama",
+    seed: int = 0,
+    max_position_embeddings: int = 1024,
+) -> None:
+    """Write ``tokenizer`` and a randomly initialised (``seed``) LLaMA- or Mistral-style model to ``out_dir``.
+
+    ``shape`` holds hidden_size, intermediate_size, num_hidden_layers, num_attention_heads and
+    num_key_value_heads; the vocabulary is the tokenizer's, and input and output embeddings are not tied.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-    tokenizer = train_tokenizer()
-    shape = dict(
+    config = dict(
         vocab_size=len(tokenizer),
-        # Small enough for seconds-long CPU tests, big enough to learn the default tasks (a 64-wide, 2-layer
-        # model could not learn the default preference pairs: about 65% held-out reward accuracy).
-        hidden_size=128,
-        intermediate_size=352,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
+        **shape,
+        max_position_embeddings=max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -107,9 +133,9 @@ def build_tiny_model(name: str, out_dir: Path, seed: int = 0) -> None:
     # Building may happen in the middle of a seeded run (first use); it must not move the run's RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if name == "tiny-llama":
-            model = LlamaForCausalLM(LlamaConfig(**shape))
+        if arch == "llama":
+            model = LlamaForCausalLM(LlamaConfig(**config))
         else:
-            model = MistralForCausalLM(MistralConfig(sliding_window=256, **shape))
+            model = MistralForCausalLM(MistralConfig(sliding_window=256, **config))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

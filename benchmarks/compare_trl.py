@@ -1,0 +1,290 @@
+"""tunekit against TRL on the same model, data and hyperparameters, alternating in one run.
+
+    python benchmarks/compare_trl.py --recipe sft                 # fixed workload, fp32 on the CPU
+    python benchmarks/compare_trl.py --recipe dpo --steps 8 --json dpo.json
+    python benchmarks/compare_trl.py --recipe sft --device cuda --precision bf16 --shape 1b
+
+Each side (tunekit, and TRL in each of its settings: for SFT packing off and on) trains in its own process. After
+a few warm-up steps every side waits at a gate; then the sides take turns, one timed window of steps each, for
+``--windows`` rounds (the order reversed every other round), so that load from elsewhere on a shared machine
+falls on all of them. Printed and written as JSON: throughput (SFT real tokens/s, DPO pairs/s, GRPO
+completions/s), peak memory (resident set on the CPU, allocated memory on a GPU), final loss, the ratios
+tunekit / TRL, and for SFT the model FLOP/s as a fraction of a plain matmul's (MFU). See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from workload import SHAPES, model_path, workload  # noqa: E402
+
+UNITS = {"sft": "tokens/s", "dpo": "pairs/s", "grpo": "completions/s"}
+DEFAULT_STEPS = {"sft": 12, "dpo": 8, "grpo": 8}
+
+
+def sides_for(recipe: str, trl_checkpointing: bool) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, side, setting) of every contender. TRL's configs default to gradient checkpointing on; it trades
+    speed for memory, so it is off unless asked for, like tunekit's."""
+    trl = {"gradient_checkpointing": trl_checkpointing}
+    if recipe == "sft":
+        return [
+            ("tunekit", "tunekit", {}),
+            ("trl", "trl", {**trl, "packing": False}),
+            ("trl-packing", "trl", {**trl, "packing": True}),
+        ]
+    return [("tunekit", "tunekit", {}), ("trl", "trl", trl)]
+
+
+class Worker:
+    """A side's process and its protocol pipe."""
+
+    def __init__(self, name: str, side: str, setting: dict, args: argparse.Namespace, work_json: str, root: Path):
+        self.name = name
+        self.log_path = root / f"{name}.log"
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "worker.py"),
+            f"--side={side}",
+            f"--setting={json.dumps(setting)}",
+            f"--workload={work_json}",
+            f"--warmup={args.warmup}",
+            f"--window={args.window}",
+            f"--windows={args.windows}",
+            f"--output-dir={root / name}",
+        ]
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1
+        )
+        self.windows: list[dict[str, Any]] = []
+        self.peak_memory_mb = 0.0
+        self.losses: list[float] = []
+
+    def read(self, event: str) -> dict[str, Any]:
+        """The next protocol message, which must be ``event``; a crashed worker raises with its log's tail."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            message = json.loads(line)
+            self.peak_memory_mb = max(self.peak_memory_mb, float(message.get("peak_memory_mb", 0.0)))
+            if message["event"] == "started":
+                continue
+            if message["event"] == "error":
+                raise RuntimeError(f"{self.name} failed: {message['error']}\n{message['traceback']}")
+            if message["event"] != event:
+                raise RuntimeError(f"{self.name}: expected {event}, got {message}")
+            return message
+        self.log.flush()
+        tail = self.log_path.read_text()[-3000:]
+        raise RuntimeError(f"{self.name} exited (code {self.proc.wait()}) before {event}; its log ends:\n{tail}")
+
+    def command(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from flops import matmul_flops_per_s
+
+    model = args.model or str(model_path(args.shape))
+    work = workload(args.recipe, model, args.precision, args.device, rows=args.rows)
+    root = Path(tempfile.mkdtemp(prefix=f"compare-trl-{args.recipe}-", dir=args.work_dir))
+    workers: list[Worker] = []
+    matmul: list[float] = []
+    try:
+        # Started one after the other, so that warm-up (imports, loading, first steps) never overlaps.
+        for name, side, setting in sides_for(args.recipe, args.trl_gradient_checkpointing):
+            say(args, f"starting {name} ({setting or 'defaults'}): warm-up of {args.warmup} steps")
+            worker = Worker(name, side, setting, args, work.to_json(), root)
+            workers.append(worker)
+            worker.read("boundary")
+        for round_index in range(args.windows):
+            order = workers if round_index % 2 == 0 else workers[::-1]
+            for worker in order:
+                worker.command("go")
+                window = worker.read("boundary")
+                worker.windows.append(window)
+                say(args, f"round {round_index + 1}/{args.windows} {worker.name}: {rate(window, args.recipe):.4g}")
+            if args.recipe == "sft":
+                matmul.append(matmul_flops_per_s(args.precision, args.device, seconds=args.matmul_seconds))
+        for worker in workers:
+            done = worker.read("done")
+            worker.losses = done["losses"]
+            worker.proc.wait(timeout=120)
+    finally:
+        for worker in workers:
+            worker.close()
+    result = summarise(args, work.to_json(), workers, matmul)
+    result["logs"] = str(root)
+    return result
+
+
+def rate(window: dict[str, Any], recipe: str) -> float:
+    return window["units"] / window["seconds"]
+
+
+def summarise(args: argparse.Namespace, work_json: str, workers: list[Worker], matmul: list[float]) -> dict:
+    sides: dict[str, dict[str, Any]] = {}
+    peak_matmul = sorted(matmul)[len(matmul) // 2] if matmul else None
+    for worker in workers:
+        seconds = sum(w["seconds"] for w in worker.windows)
+        units = sum(w["units"] for w in worker.windows)
+        flops = sum(w.get("flops", 0.0) for w in worker.windows)
+        entry = {
+            "throughput": units / seconds,
+            "unit": UNITS[args.recipe],
+            "seconds": seconds,
+            "steps": sum(w["steps"] for w in worker.windows),
+            "units": units,
+            "real_tokens": sum(w["tokens"] for w in worker.windows),
+            "window_throughputs": [rate(w, args.recipe) for w in worker.windows],
+            "peak_memory_mb": worker.peak_memory_mb,
+            "final_loss": worker.losses[-1] if worker.losses else None,
+            "losses": worker.losses,
+        }
+        if args.recipe == "sft":
+            entry["model_flops_per_s"] = flops / seconds
+            entry["mfu"] = flops / seconds / peak_matmul if peak_matmul else None
+        sides[worker.name] = entry
+    ours = sides["tunekit"]
+    trl_names = [name for name in sides if name != "tunekit"]
+    best = max(trl_names, key=lambda name: sides[name]["throughput"])
+    ratios: dict[str, Any] = {"best_trl": best}
+    for name in trl_names:
+        ratios[f"throughput_vs_{name}"] = ours["throughput"] / sides[name]["throughput"]
+        ratios[f"memory_vs_{name}"] = ours["peak_memory_mb"] / sides[name]["peak_memory_mb"]
+    ratios["throughput_vs_best_trl"] = ratios[f"throughput_vs_{best}"]
+    ratios["memory_vs_best_trl"] = ratios[f"memory_vs_{best}"]
+    return {
+        "recipe": args.recipe,
+        "precision": args.precision,
+        "device": args.device,
+        "model": args.model or args.shape,
+        "workload": json.loads(work_json),
+        "warmup_steps": args.warmup,
+        "window_steps": args.window,
+        "windows": args.windows,
+        "matmul_flops_per_s": peak_matmul,
+        "sides": sides,
+        "ratios": ratios,
+        "machine": machine(args.device),
+        "versions": versions(),
+    }
+
+
+def machine(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": platform.processor()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in lscpu.splitlines():
+            if line.startswith("Model name:"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    if device == "cuda":
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    out = {name: version(name) for name in ("torch", "transformers", "peft", "trl", "accelerate")}
+    try:
+        root = Path(__file__).resolve().parents[1]
+        out["tunekit_commit"] = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        out["tunekit_commit"] = "unknown"
+    return out
+
+
+def print_table(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    unit = UNITS[result["recipe"]]
+    print(
+        f"\n{result['recipe']} ({result['precision']}, {result['device']}, model {result['model']}): "
+        f"{result['windows']} windows of {result['window_steps']} steps per side, alternating",
+        file=out,
+    )
+    header = f"{'side':<14}{unit:>16}{'peak MB':>10}{'final loss':>12}"
+    if result["recipe"] == "sft":
+        header += f"{'MFU':>8}"
+    print(header, file=out)
+    for name, side in result["sides"].items():
+        loss = "-" if side["final_loss"] is None else f"{side['final_loss']:.4f}"
+        row = f"{name:<14}{side['throughput']:>16.4g}{side['peak_memory_mb']:>10.0f}{loss:>12}"
+        if result["recipe"] == "sft" and side.get("mfu") is not None:
+            row += f"{side['mfu']:>8.1%}"
+        print(row, file=out)
+    ratios = result["ratios"]
+    for name in result["sides"]:
+        if name != "tunekit":
+            print(
+                f"tunekit / {name}: {ratios[f'throughput_vs_{name}']:.2f}x throughput, "
+                f"{ratios[f'memory_vs_{name}']:.2f}x peak memory",
+                file=out,
+            )
+    if result["matmul_flops_per_s"]:
+        print(f"plain matmul: {result['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s ({result['precision']})", file=out)
+
+
+def say(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", choices=sorted(UNITS), required=True)
+    parser.add_argument("--steps", type=int, help="timed steps per side (default: sft 12, dpo 8, grpo 8)")
+    parser.add_argument("--windows", type=int, default=4, help="alternating windows the timed steps split into")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side before the first window")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--shape", choices=sorted(SHAPES), default="bench", help="model built offline (see workload.py)"
+    )
+    parser.add_argument("--model", help="a local Hugging Face model directory instead of --shape")
+    parser.add_argument("--rows", type=int, help="read only the first ROWS rows of the data (quick runs)")
+    parser.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off otherwise")
+    parser.add_argument("--matmul-seconds", type=float, default=2.0)
+    parser.add_argument("--work-dir", help="where run directories and worker logs go (default: a temp dir)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    steps = args.steps or DEFAULT_STEPS[args.recipe]
+    args.windows = max(1, min(args.windows, steps))
+    args.window = -(-steps // args.windows)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    result = run(args)
+    print_table(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
