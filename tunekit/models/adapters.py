@@ -1,26 +1,58 @@
-"""Adapter methods through peft (LoRA, DoRA) or full fine-tuning, and merging adapters back into a base."""
+"""Adapter methods through peft (LoRA, DoRA, IA3, prompt and prefix tuning, LLaMA-Adapter) or full fine-tuning."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from tunekit.errors import ModelError
+from tunekit.errors import ConfigError, ModelError
+
+# Methods that train inputs to attention (virtual tokens, key/value prefixes, adaption prompts) rather than
+# changes to weights: they cannot be merged into the base, and they change what attention sees.
+PROMPT_METHODS = ("prompt_tuning", "prefix_tuning", "llama_adapter")
+# What each prompt method trains, for messages.
+TRAINS = {
+    "prompt_tuning": "virtual input tokens",
+    "prefix_tuning": "key/value prefixes",
+    "llama_adapter": "adaption prompts",
+}
 
 
 @dataclass
 class AdapterConfig:
-    # lora, dora (weight-decomposed LoRA) or full (every weight trained, no adapter).
-    method: Literal["lora", "dora", "full"] = "lora"
+    """One config for every method; each key says which methods read it, the others ignore it.
+
+    ``lora`` / ``dora``: low-rank updates of ``target_modules`` (``r``, ``alpha``, ``dropout``, ``use_rslora``).
+    ``ia3``: learned per-channel scales on ``target_modules`` (``feedforward_modules`` among them).
+    ``prompt_tuning``: ``num_virtual_tokens`` trained input embeddings before every sequence.
+    ``prefix_tuning``: ``num_virtual_tokens`` trained keys and values in front of every layer's attention.
+    ``llama_adapter``: ``num_virtual_tokens`` adaption-prompt tokens with a zero-initialised gate, in the top
+    ``adapter_layers`` layers (LLaMA-Adapter; LLaMA-, Mistral- and GPT-2-style models).
+    ``full``: every weight trained, no adapter.
+    """
+
+    method: Literal["lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "llama_adapter", "full"] = "lora"
+    # lora, dora: rank, scale numerator and dropout of the low-rank update.
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    # Module names (matched against the last part of each module's name, e.g. q_proj) or ["all-linear"].
+    # lora, dora, ia3: module names (matched against the last part of each module's name, e.g. q_proj) or
+    # ["all-linear"].
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    # Scale by alpha / sqrt(r) instead of alpha / r (rsLoRA).
+    # lora, dora: scale by alpha / sqrt(r) instead of alpha / r (rsLoRA).
     use_rslora: bool = False
+    # ia3: the target modules whose input is scaled (the feed-forward down projection, as in the IA3 paper);
+    # every other target has its output scaled.
+    feedforward_modules: list[str] = field(default_factory=lambda: ["down_proj"])
+    # prompt_tuning, prefix_tuning: trained tokens in front of every sequence; llama_adapter: adaption-prompt
+    # tokens per adapted layer.
+    num_virtual_tokens: int = 16
+    # llama_adapter: how many layers, counted from the top, get adaption prompts (null: every layer).
+    adapter_layers: int | None = None
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:
@@ -49,7 +81,7 @@ def apply_adapter(
     if config.method == "full":
         if quantized:
             raise ModelError(
-                "model.adapter.method=full cannot train quantised weights; use lora or dora with quantization, "
+                "model.adapter.method=full cannot train quantised weights; use an adapter method with quantization, "
                 "or set model.quantization=none"
             )
         for param in model.parameters():
@@ -58,36 +90,167 @@ def apply_adapter(
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
 
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
-    available = linear_module_names(model)
-    targets: str | list[str]
-    if config.target_modules == ["all-linear"]:
-        targets = available
-    else:
-        missing = [t for t in config.target_modules if t not in available]
-        if missing:
-            raise ModelError(
-                f"model.adapter.target_modules {missing} match no linear layer of this model; "
-                f"its linear layers are: {', '.join(available)} (or use all-linear)"
-            )
-        targets = list(config.target_modules)
+    peft_config = build_peft_config(model, config, head)
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    peft_config = LoraConfig(
-        r=config.r,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        target_modules=targets,
-        use_dora=config.method == "dora",
-        use_rslora=config.use_rslora,
-        task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM",
-        modules_to_save=["score"] if head == "score" else None,
-    )
     return get_peft_model(model, peft_config)
+
+
+def build_peft_config(model: torch.nn.Module, config: AdapterConfig, head: str = "causal-lm") -> Any:
+    """The peft config of ``config.method`` for ``model``; a :class:`ModelError` for settings the model cannot take."""
+    import peft
+
+    task_type = "SEQ_CLS" if head == "score" else "CAUSAL_LM"
+    modules_to_save = ["score"] if head == "score" else None
+    if config.method in ("lora", "dora"):
+        return peft.LoraConfig(
+            r=config.r,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=_targets(model, config),
+            use_dora=config.method == "dora",
+            use_rslora=config.use_rslora,
+            task_type=task_type,
+            modules_to_save=modules_to_save,
+        )
+    if config.method == "ia3":
+        targets = _targets(model, config)
+        outside = [m for m in config.feedforward_modules if m not in targets]
+        if outside:
+            raise ModelError(
+                f"model.adapter.feedforward_modules {outside} are not among the target modules ({', '.join(targets)}); "
+                "name target modules only, or [] to scale every target's output"
+            )
+        return peft.IA3Config(
+            target_modules=targets,
+            feedforward_modules=list(config.feedforward_modules),
+            task_type=task_type,
+            modules_to_save=modules_to_save,
+        )
+    if config.num_virtual_tokens < 1:
+        raise ModelError(f"model.adapter.num_virtual_tokens must be at least 1 for {config.method}")
+    if config.method == "prompt_tuning":
+        # Start from the embeddings of random vocabulary tokens: a soft prompt on the scale of real inputs trains
+        # far better than peft's default N(0, 1) initialisation.
+        return peft.PromptTuningConfig(
+            num_virtual_tokens=config.num_virtual_tokens, prompt_tuning_init="SAMPLE_VOCAB", task_type=task_type
+        )
+    if config.method == "prefix_tuning":
+        return peft.PrefixTuningConfig(num_virtual_tokens=config.num_virtual_tokens, task_type=task_type)
+    if config.method == "llama_adapter":
+        # peft's adaption prompts know a few architectures only (the layout of their attention modules).
+        from peft.tuners.adaption_prompt.config import TRANSFORMERS_MODEL_CONFIG
+
+        model_type = getattr(model.config, "model_type", None)
+        if model_type not in TRANSFORMERS_MODEL_CONFIG:
+            raise ModelError(
+                f"model.adapter.method=llama_adapter supports {', '.join(sorted(TRANSFORMERS_MODEL_CONFIG))} models "
+                f"(peft's adaption prompts); this model is {model_type!r}"
+            )
+        layers = model.config.num_hidden_layers
+        count = layers if config.adapter_layers is None else config.adapter_layers
+        if not 1 <= count <= layers:
+            raise ModelError(f"model.adapter.adapter_layers must be between 1 and {layers} (this model's layers)")
+        return peft.AdaptionPromptConfig(
+            adapter_len=config.num_virtual_tokens, adapter_layers=count, task_type=task_type
+        )
+    raise ModelError(f"unknown model.adapter.method {config.method!r}")
+
+
+def _targets(model: torch.nn.Module, config: AdapterConfig) -> list[str]:
+    """The short names of the linear layers ``config.target_modules`` selects; unknown names are an error."""
+    available = linear_module_names(model)
+    if config.target_modules == ["all-linear"]:
+        return available
+    missing = [t for t in config.target_modules if t not in available]
+    if missing:
+        raise ModelError(
+            f"model.adapter.target_modules {missing} match no linear layer of this model; "
+            f"its linear layers are: {', '.join(available)} (or use all-linear)"
+        )
+    return list(config.target_modules)
+
+
+def saved_adapter_method(directory: Path) -> str:
+    """The ``model.adapter.method`` that wrote the peft adapter in ``directory`` (from its adapter_config.json)."""
+    saved = json.loads((Path(directory) / "adapter_config.json").read_text())
+    peft_type = saved.get("peft_type")
+    if peft_type == "LORA":
+        return "dora" if saved.get("use_dora") else "lora"
+    methods = {"IA3": "ia3", "PROMPT_TUNING": "prompt_tuning", "PREFIX_TUNING": "prefix_tuning"}
+    return methods.get(peft_type, "llama_adapter" if peft_type == "ADAPTION_PROMPT" else str(peft_type).lower())
+
+
+def check_mergeable(directory: Path) -> None:
+    """A :class:`ModelError` unless the adapter in ``directory`` can be merged into its base."""
+    method = saved_adapter_method(directory)
+    if method in PROMPT_METHODS:
+        raise ModelError(
+            f"{directory} holds a {method} adapter, which cannot be merged into its base: its trained "
+            f"{TRAINS[method]} are extra inputs to attention, not changes to the base weights. Load it with "
+            "peft.PeftModel.from_pretrained instead"
+        )
+
+
+def check_adapter_use(
+    model: Any,
+    head: Literal["causal-lm", "score"] = "causal-lm",
+    packing: bool = False,
+    left_padding: bool = False,
+    earlier: Literal["merge", "continue"] = "merge",
+) -> None:
+    """Refuse an adapter method that cannot do what the recipe asks of it, before anything is loaded or written.
+
+    ``model`` is the recipe's ModelConfig. The recipe says what it does: the ``head`` it trains, whether its
+    batches are ``packed`` rows (a 4D block-diagonal mask) or ``left_padded`` (GRPO's rollouts), and what it does
+    with an adapter directory given as ``model.path``: merge it into the base before adding a new adapter (sft,
+    reward), or ``continue`` training it (dpo, grpo; then that adapter's own method is the one trained).
+    """
+    method = model.adapter.method
+    previous = Path(model.path)
+    if (previous / "adapter_config.json").is_file():
+        saved = saved_adapter_method(previous)
+        if earlier == "continue" and method != "full":
+            method = saved
+            if saved in ("prompt_tuning", "prefix_tuning"):
+                raise ModelError(
+                    f"model.path {model.path} holds a {saved} adapter, which this recipe would train further, and "
+                    "peft cannot load a prompt-learning adapter as trainable. Start from the base model with a new "
+                    "adapter (model.path=<base>), or train the earlier run with another method"
+                )
+        else:
+            check_mergeable(previous)
+    if method == "prefix_tuning" and model.gradient_checkpointing:
+        raise ConfigError(
+            "model.adapter.method=prefix_tuning cannot be combined with model.gradient_checkpointing=true: the "
+            "prefixes enter every layer as a key/value cache, which peft does not allow under checkpointing"
+        )
+    if packing and method in ("prompt_tuning", "prefix_tuning"):
+        raise ConfigError(
+            f"model.adapter.method={method} cannot be combined with data.packing=true: peft widens a 2D attention "
+            f"mask by its {TRAINS[method]}, and packed rows carry a 4D block-diagonal mask that keeps their examples "
+            "apart. Set data.packing=false, or use lora, dora, ia3 or llama_adapter"
+        )
+    if head == "score" and method in ("prompt_tuning", "llama_adapter"):
+        reason = {
+            "prompt_tuning": "peft puts the virtual tokens in front of the score positions and drops position_ids, "
+            "so the score read at the last real token would depend on padding",
+            "llama_adapter": "peft's adaption prompts cannot train or save the score head (no modules_to_save)",
+        }[method]
+        raise ConfigError(
+            f"model.adapter.method={method} cannot train a reward model: {reason}. Use lora, dora, ia3 or prefix_tuning"
+        )
+    if left_padding and method == "prompt_tuning":
+        raise ConfigError(
+            "model.adapter.method=prompt_tuning cannot be combined with this recipe's left-padded batches "
+            "(rollouts): peft drops position_ids under prompt tuning, so each row's log-probs would depend on how "
+            "much padding its batch needs. Use lora, dora, ia3, prefix_tuning or llama_adapter"
+        )
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -10,6 +10,17 @@ from tunekit.losses.reduce import selective_log_softmax
 from tunekit.losses.sft import IGNORE_INDEX
 
 
+def causal_lm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``model(**inputs).logits`` for exactly the [B, T] input positions: [B, T, V].
+
+    peft's prompt tuning runs the model on its virtual tokens followed by the inputs, and returns the logits of
+    both ([B, n + T, V]); the first n rows belong to the virtual tokens, which have no labels, so they are dropped.
+    """
+    logits = model(**inputs).logits
+    width = inputs["input_ids"].shape[1]
+    return logits[:, logits.shape[1] - width :]
+
+
 def token_logps(
     model: torch.nn.Module, batch: dict[str, Any], entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -21,7 +32,7 @@ def token_logps(
     one row at a time.
     """
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    logits = model(**inputs).logits[:, :-1]
+    logits = causal_lm_logits(model, inputs)[:, :-1]
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
     logps = selective_log_softmax(logits, labels.clamp(min=0))

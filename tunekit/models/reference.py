@@ -61,9 +61,28 @@ class ReferencePolicy:
                 yield
             return
         active = peft_model.active_adapter
-        peft_model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+        # peft's adaption prompts (llama_adapter) take no inference_mode, which they do not need: their set_adapter
+        # leaves every requires_grad flag as it is (the run is under no_grad anyway).
+        prompts = getattr(peft_model.peft_config[REFERENCE_ADAPTER], "is_adaption_prompt", False)
+        peft_model.set_adapter(REFERENCE_ADAPTER, inference_mode=not prompts)
+        if prompts:
+            _adaption_prompts_to_device(peft_model)
         try:
             yield
         finally:
             # Switching back makes the policy adapter trainable again; the reference stays frozen.
             peft_model.set_adapter(active)
+
+
+def _adaption_prompts_to_device(peft_model: Any) -> None:
+    """Put each adaption prompt just switched in on the device of the attention layer it wraps.
+
+    peft keeps the modules of an inactive adaption prompt outside the model, so moving the model to its training
+    device (accelerate's prepare) leaves the reference's prompts behind on the device they were loaded on.
+    """
+    for module in peft_model.modules():
+        if isinstance(getattr(module, "adaption_prompt", None), torch.nn.Parameter):
+            device = next(module.model.parameters()).device
+            for param in module.parameters(recurse=False):
+                if param.device != device:
+                    param.data = param.data.to(device)

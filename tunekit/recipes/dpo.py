@@ -24,7 +24,7 @@ from tunekit.data.collate import collate_pairs
 from tunekit.data.pairs import PairDataConfig, PairExample, load_pair_data
 from tunekit.errors import ConfigError, exit_on_user_error
 from tunekit.losses.preference import REFERENCE_FREE, PairLogps, PreferenceLossConfig, preference_loss
-from tunekit.models.adapters import count_parameters
+from tunekit.models.adapters import check_adapter_use, count_parameters
 from tunekit.models.load import load_tokenizer
 from tunekit.models.logprobs import sequence_logps
 from tunekit.models.policy import build_policy
@@ -132,6 +132,7 @@ def check_reference_setting(config: DPOConfig) -> None:
 
 def run(config: DPOConfig) -> RunResult:
     check_reference_setting(config)
+    check_adapter_use(config.model, earlier="continue")
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
     pairs, eval_pairs, stats = load_pair_data(config.data, tokenizer, config.seed, synthetic.preference_pairs)

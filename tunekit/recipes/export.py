@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from tunekit.errors import ConfigError, ModelError, exit_on_user_error
+from tunekit.models.adapters import check_mergeable
 from tunekit.models.load import DTYPES, load_tokenizer, resolve_model_path
 from tunekit.recipes.common import parse_args, say
 
@@ -39,6 +40,7 @@ def export(config: ExportConfig) -> Path:
     adapter_config = adapter / "adapter_config.json"
     if not config.adapter or not adapter_config.is_file():
         raise ConfigError(f"adapter={config.adapter!r} is not a PEFT adapter directory (no adapter_config.json)")
+    check_mergeable(adapter)
     if not config.output_dir:
         raise ConfigError("export needs output_dir=<directory for the merged model>")
     out = Path(config.output_dir)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunekit.data.prompts import PromptDataConfig, collate_prompts, load_prompts
 from tunekit.errors import ConfigError, exit_on_user_error
-from tunekit.models.adapters import count_parameters
+from tunekit.models.adapters import check_adapter_use, count_parameters
 from tunekit.models.load import ModelConfig, load_tokenizer
 from tunekit.models.policy import build_policy
 from tunekit.models.reference import ReferencePolicy
@@ -71,6 +71,7 @@ def check_config(config: GRPOConfig) -> None:
             "start that `python -m tunekit.recipes.sft --config recipes/sft/tiny-warmstart.yaml` writes; run "
             "that first, or set model.path"
         )
+    check_adapter_use(config.model, left_padding=True, earlier="continue")
 
 
 def run(config: GRPOConfig) -> RunResult:

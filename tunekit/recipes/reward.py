@@ -20,7 +20,7 @@ from tunekit.data.collate import collate_pairs
 from tunekit.data.pairs import PairDataConfig, PairExample, load_pair_data
 from tunekit.errors import exit_on_user_error
 from tunekit.losses.reward import bradley_terry_loss
-from tunekit.models.adapters import apply_adapter, count_parameters
+from tunekit.models.adapters import apply_adapter, check_adapter_use, count_parameters
 from tunekit.models.load import load_model, load_tokenizer
 from tunekit.models.reward import last_token_scores
 from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_spec, say, start_run
@@ -77,6 +77,7 @@ def pairwise_metrics(scores: torch.Tensor, margins: torch.Tensor, center_coef: f
 
 
 def run(config: RewardConfig) -> RunResult:
+    check_adapter_use(config.model, head="score")
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
     pairs, eval_pairs, stats = load_pair_data(config.data, tokenizer, config.seed, synthetic.preference_pairs)

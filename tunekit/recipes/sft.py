@@ -21,8 +21,9 @@ from tunekit.data.packing import pack_examples
 from tunekit.data.sft import DataConfig, load_sft_data
 from tunekit.errors import exit_on_user_error
 from tunekit.losses.sft import token_cross_entropy
-from tunekit.models.adapters import apply_adapter, count_parameters
+from tunekit.models.adapters import apply_adapter, check_adapter_use, count_parameters
 from tunekit.models.load import load_model, load_tokenizer
+from tunekit.models.logprobs import causal_lm_logits
 from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_spec, say, start_run
 from tunekit.train.runner import RunResult, train
 
@@ -34,7 +35,7 @@ class SFTConfig(RecipeConfig):
 
 def sft_step(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Summed next-token loss over the batch's label tokens."""
-    logits = model(**model_inputs(batch, model)).logits
+    logits = causal_lm_logits(model, model_inputs(batch, model))
     loss_sum, _ = token_cross_entropy(logits, batch["labels"])
     return loss_sum, {}
 
@@ -43,6 +44,7 @@ def run(
     config: SFTConfig, synthetic_rows: Callable[[int, int], list[dict[str, Any]]] = synthetic.sft_examples
 ) -> RunResult:
     """Train per ``config``; ``synthetic_rows(n, seed)`` supplies the data when data.path is "synthetic"."""
+    check_adapter_use(config.model, packing=config.data.packing)
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
     examples, eval_examples, stats = load_sft_data(config.data, tokenizer, config.seed, synthetic_rows)
