@@ -1,0 +1,163 @@
+"""PPO (RLHF) with the actor, critic, reference and reward model sharing one copy of the base weights.
+
+    python -m tunekit.recipes.sft --config recipes/sft/tiny-lora-warmstart.yaml   # the policy's warm start
+    python -m tunekit.recipes.reward output_dir=runs/reward-default                # the reward model
+    python -m tunekit.recipes.ppo                                                  # tiny model, offline
+
+Each runner step samples completions for a batch of prompts, scores them (reward model and/or reward functions),
+shapes per-token rewards with a KL penalty to the reference, estimates advantages with GAE, and then takes
+``ppo.epochs x ppo.minibatches`` optimizer steps on that experience. See docs/ppo.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from tunekit.data.prompts import PromptDataConfig, collate_prompts, load_prompts
+from tunekit.errors import ConfigError, ModelError, exit_on_user_error
+from tunekit.models.adapters import count_parameters
+from tunekit.models.load import ModelConfig, adapter_dir, load_tokenizer
+from tunekit.models.policy import build_policy
+from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_spec, say, start_run
+from tunekit.rl.ppo import PPOLossConfig, PPOTrainer
+from tunekit.rl.rewards import RewardSource, load_reward_function
+from tunekit.rl.roles import CriticConfig, SharedRoles, policy_base, same_base
+from tunekit.rl.rollout import SamplingConfig
+from tunekit.train.runner import RunResult, TrainConfig, train
+
+WARM_START = "runs/sft-lora-warmstart/final"
+DEFAULT_REWARD_MODEL = "runs/reward-default/final"
+HOW_TO_PREPARE = (
+    "the default PPO config starts from the LoRA warm start that `python -m tunekit.recipes.sft --config "
+    "recipes/sft/tiny-lora-warmstart.yaml` writes and scores with the reward model that `python -m "
+    "tunekit.recipes.reward output_dir=runs/reward-default` writes; run those first, or set model.path and "
+    "reward_model"
+)
+
+
+def _ppo_train() -> TrainConfig:
+    return TrainConfig(lr=1e-3, epochs=1, micro_batch_size=16, eval_every=10, warmup_ratio=0.0, scheduler="constant")
+
+
+def _ppo_sampling() -> SamplingConfig:
+    return SamplingConfig(num_generations=1, max_new_tokens=16, temperature=1.0)
+
+
+@dataclass
+class PPOConfig(RecipeConfig):
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(path=WARM_START))
+    # A reward run's final/ (LoRA adapter + score head) trained on the policy's base; shared, not copied.
+    # null: rewards come from the reward functions alone.
+    reward_model: str | None = DEFAULT_REWARD_MODEL
+    # Reward functions added to the reward model's score (as in GRPO), e.g. [{name: math_correct, weight: 1}].
+    rewards: list[RewardSource] = field(default_factory=list)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    sampling: SamplingConfig = field(default_factory=_ppo_sampling)
+    ppo: PPOLossConfig = field(default_factory=PPOLossConfig)
+    train: TrainConfig = field(default_factory=_ppo_train)
+    # Write prompts, completions and scores to samples.jsonl every this many rollout batches' steps (0: never).
+    sample_every: int = 10
+
+
+def check_config(config: PPOConfig) -> None:
+    """Refuse what cannot run, naming the key, before anything is loaded or written."""
+    ppo = config.ppo
+    if ppo.epochs < 1 or ppo.minibatches < 1:
+        raise ConfigError("ppo.epochs and ppo.minibatches must be at least 1")
+    rollouts = config.train.micro_batch_size * config.train.grad_accum_steps * config.sampling.num_generations
+    if ppo.minibatches > rollouts:
+        raise ConfigError(
+            f"ppo.minibatches={ppo.minibatches} is more than the {rollouts} completions of a rollout batch "
+            "(train.micro_batch_size x train.grad_accum_steps x sampling.num_generations)"
+        )
+    if config.reward_model is None and not config.rewards:
+        raise ConfigError("PPO needs a reward: set reward_model (a reward run's final/) or rewards (functions)")
+    if ppo.kl.target <= 0 or ppo.kl.horizon < 1:
+        raise ConfigError("ppo.kl.target must be positive and ppo.kl.horizon at least 1")
+    if config.model.adapter.method == "full":
+        raise ConfigError(
+            "model.adapter.method=full: tunekit's PPO shares one base between actor, critic, reference and reward "
+            "model through adapters; use lora or dora (with model.quantization=4bit for QLoRA)"
+        )
+    for key, path in (("model.path", config.model.path), ("reward_model", config.reward_model)):
+        if path is not None and path.startswith(("runs/", "./", "../", "/")) and not Path(path).exists():
+            raise ConfigError(f"{key} {path!r} does not exist; {HOW_TO_PREPARE}")
+    if config.reward_model is not None:
+        check_reward_model(config.reward_model, config.model.path)
+
+
+def check_reward_model(reward_model: str, model_path: str) -> None:
+    """The reward run must be a LoRA adapter on the same base weights as the policy."""
+    if adapter_dir(reward_model) is None:
+        raise ModelError(
+            f"reward_model {reward_model!r} is not an adapter directory (no adapter_config.json); PPO shares "
+            "the reward recipe's LoRA final/ with the policy's base"
+        )
+    saved = json.loads((Path(reward_model) / "adapter_config.json").read_text())
+    if saved.get("task_type") != "SEQ_CLS":
+        raise ModelError(
+            f"reward_model {reward_model!r} holds a {saved.get('task_type')} adapter, not a reward model (a "
+            "sequence-classification adapter with a score head, as `python -m tunekit.recipes.reward` writes)"
+        )
+    reward_base, base = policy_base(reward_model), policy_base(model_path)
+    if not same_base(reward_base, base):
+        raise ModelError(
+            f"reward_model {reward_model!r} was trained on base {reward_base!r}, but the policy's base is {base!r}; "
+            "train the reward model on the policy's base (model.path of the reward recipe)"
+        )
+
+
+def run(config: PPOConfig) -> RunResult:
+    check_config(config)
+    reward_functions = [(source, load_reward_function(source.name)) for source in config.rewards]
+    output_dir, resume_from = start_run(config)
+    tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
+    prompts, eval_prompts = load_prompts(config.data, tokenizer, config.seed)
+    say(f"data: {len(prompts)} prompts, {len(eval_prompts)} held out")
+    model = build_policy(config.model, reference_adapter=True)
+    roles = SharedRoles(model, config.critic, config.reward_model)
+    counts = count_parameters(model)
+    say(
+        f"actor, critic, reference and reward on one base: {counts['total']:,} parameters, "
+        f"{counts['trainable']:,} trained (reference: {roles.reference_kind})"
+    )
+    extra_state: dict = {}
+    kl_coef = None
+    if resume_from is not None:
+        kl_coef = json.loads((resume_from / "state.json").read_text()).get("kl_coef")
+    trainer = PPOTrainer(config, tokenizer, roles, reward_functions, output_dir, extra_state, kl_coef)
+    spec = run_spec(
+        config,
+        output_dir,
+        resume_from,
+        items=prompts,
+        collate=collate_prompts,
+        evaluate=partial(trainer.evaluate, prompts=eval_prompts) if eval_prompts else None,
+        save_final=final_saver(tokenizer),
+        prepare=trainer.prepare,
+        select=trainer.select,
+        passes_per_batch=config.ppo.epochs * config.ppo.minibatches,
+        extra_state=extra_state,
+    )
+    result = train(spec, model, trainer.step)
+    evals = [r for r in result.history if "eval/reward" in r]
+    if evals:
+        first, last = evals[0], evals[-1]
+        say(
+            f"held-out score: {first['eval/reward']:.3f} at the first evaluation, {last['eval/reward']:.3f} at the "
+            f"end (KL to the reference {last['eval/kl']:.3f} nats per completion, target {config.ppo.kl.target})"
+        )
+    say(f"done: {result.step} steps; run directory {output_dir}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> RunResult:
+    return run(parse_args(PPOConfig, argv, "ppo", __doc__))
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

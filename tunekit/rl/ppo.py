@@ -1,0 +1,293 @@
+"""PPO's hooks for the runner: ``prepare`` collects experience, ``select`` deals out minibatches, ``step`` trains.
+
+One *rollout batch* is the prompts of one runner step (``train.micro_batch_size x train.grad_accum_steps`` per
+process), with ``sampling.num_generations`` completions each. Its experience is trained on for ``ppo.epochs``
+epochs of ``ppo.minibatches`` shuffled minibatches, one optimizer step per minibatch, so the runner's
+``passes_per_batch`` is ``epochs x minibatches``.
+
+Experience of N rollouts, all tensors [N, T-1] over next-token positions (position t predicts token t + 1):
+
+- ``old_logps`` (actor), ``ref_logps`` (reference), ``old_values`` (critic), taken once after generation;
+- ``rewards``: ``-kl_coef * (old_logps - ref_logps)`` on every completion token, plus the sequence score (reward
+  model and/or reward functions, minus ``ppo.missing_eos_penalty`` for completions that never ended) on the last;
+- ``advantages`` (GAE, whitened over the rollout batch) and ``returns`` (GAE + values), the critic's targets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunekit.losses.advantages import gae
+from tunekit.losses.policy import ppo_losses
+from tunekit.losses.reduce import masked_mean, masked_whiten, selective_log_softmax
+from tunekit.models.logprobs import token_logps
+from tunekit.rl.rewards import compute_rewards
+from tunekit.rl.roles import SharedRoles
+from tunekit.rl.rollout import PromptExample, Rollout, generate_rollout
+
+
+@dataclass
+class KLControlConfig:
+    # Weight of the per-token KL penalty in the reward (beta).
+    coef: float = 0.05
+    # Steer coef so that the KL of a completion (summed over its tokens) approaches target; false keeps it fixed.
+    adaptive: bool = True
+    # Nats per completion: the adaptive controller's aim, and the limit the evaluation reports against.
+    target: float = 2.0
+    # Completions over which the adaptive controller closes the gap to the target (Ziegler et al., 2019).
+    horizon: int = 2000
+
+
+@dataclass
+class PPOLossConfig:
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    # Passes over each rollout batch, and the minibatches (optimizer steps) each pass is cut into.
+    epochs: int = 2
+    minibatches: int = 2
+    clip: float = 0.2
+    value_clip: float = 0.2
+    value_coef: float = 0.1
+    # Entropy bonus (0: off; otherwise the full-vocabulary entropy is computed with gradients).
+    entropy_coef: float = 0.0
+    # Stop training on a rollout batch once a minibatch's approximate KL(old || new) exceeds this (null: never).
+    target_approx_kl: float | None = None
+    # Subtracted from the score of a completion that reached max_new_tokens without EOS (null: no penalty).
+    missing_eos_penalty: float | None = 1.0
+    kl: KLControlConfig = field(default_factory=KLControlConfig)
+
+
+class KLController:
+    """The KL coefficient: fixed, or adapted towards ``target`` after each rollout batch."""
+
+    def __init__(self, config: KLControlConfig, coef: float | None = None) -> None:
+        self.config = config
+        self.coef = config.coef if coef is None else coef
+
+    def update(self, kl_per_completion: float, completions: int) -> None:
+        if not self.config.adaptive:
+            return
+        # Proportional control on the relative error, clipped so one noisy batch cannot swing beta far.
+        error = min(max(kl_per_completion / self.config.target - 1.0, -0.2), 0.2)
+        self.coef *= 1.0 + error * completions / self.config.horizon
+
+
+class PPOTrainer:
+    """Hooks for :func:`tunekit.train.runner.train`; ``roles`` switches the shared base between the four roles."""
+
+    def __init__(
+        self,
+        config: Any,
+        tokenizer: Any,
+        roles: SharedRoles,
+        reward_sources: list,
+        output_dir: Path,
+        extra_state: dict[str, Any],
+        kl_coef: float | None = None,
+    ) -> None:
+        self.config = config
+        self.loss: PPOLossConfig = config.ppo
+        self.tokenizer = tokenizer
+        self.roles = roles
+        self.reward_sources = reward_sources
+        self.samples_path = output_dir / "samples.jsonl"
+        self.kl = KLController(self.loss.kl, kl_coef)
+        # Saved in every checkpoint by the runner, so a resumed run continues with the adapted coefficient.
+        self.extra_state = extra_state
+        self.extra_state["kl_coef"] = self.kl.coef
+        self._rollout_step = -1
+        self._stopped_early = False
+        self._last_approx_kl = 0.0
+
+    # ------------------------------------------------------------------------------------------- experience
+    def score(self, model: torch.nn.Module, rollout: Rollout, tensors: dict) -> tuple[torch.Tensor, dict]:
+        """Sequence scores [N] and their parts: the reward model's, each reward function's, the EOS penalty."""
+        parts: dict[str, torch.Tensor] = {}
+        total = torch.zeros(len(rollout.completions))
+        if self.roles.has_reward:
+            parts["reward_model"] = self.roles.reward_scores(model, tensors).cpu()
+            total = total + parts["reward_model"]
+        if self.reward_sources:
+            functions, per_source = compute_rewards(
+                self.reward_sources, rollout.prompts, rollout.completions, rollout.columns
+            )
+            total = total + functions
+            parts.update({f"rewards/{k}": v for k, v in per_source.items()})
+        if self.loss.missing_eos_penalty is not None:
+            total = total - self.loss.missing_eos_penalty * rollout.truncated.float()
+        return total, parts
+
+    @torch.no_grad()
+    def prepare(self, model: torch.nn.Module, batches: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
+        """The step's prompts -> one experience batch (see the module docstring)."""
+        prompts = [p for batch in batches for p in batch["prompts"]]
+        rollout = generate_rollout(model, self.tokenizer, prompts, self.config.sampling)
+        device = next(model.parameters()).device
+        tensors = {name: t.to(device) for name, t in rollout.batch().items()}
+        mask = tensors["labels"][:, 1:] != -100
+        old_logps = token_logps(model, tensors)[0]
+        with self.roles.acting(model, "reference"):
+            ref_logps = token_logps(model, tensors)[0]
+        values = self.roles.values(model, tensors) * mask
+        score, parts = self.score(model, rollout, tensors)
+        score = score.to(device)
+
+        kl = (old_logps - ref_logps) * mask
+        rewards = -self.kl.coef * kl
+        last = mask.long().cumsum(-1).argmax(-1)  # each row's last completion position
+        rewards[torch.arange(len(last), device=device), last] += score
+        advantages, returns = gae(rewards, values, mask, self.loss.gamma, self.loss.lam)
+        if self.loss.whiten_advantages:
+            advantages = _global_whiten(advantages, mask)
+
+        kl_per_completion = _global_mean(kl.sum(-1))
+        metrics = {
+            "reward": _global_mean(score),
+            "reward_with_kl_penalty": _global_mean(rewards.sum(-1)),
+            "kl": kl_per_completion,
+            "kl_coef": self.kl.coef,
+            "completion_length": rollout.completion_lengths.float().mean().item(),
+            "truncated_fraction": rollout.truncated.float().mean().item(),
+            "explained_variance": _explained_variance(values, returns, mask),
+            **{k: v.float().mean().item() for k, v in parts.items()},
+        }
+        self.kl.update(kl_per_completion, len(rollout.completions) * _world_size())
+        self.extra_state["kl_coef"] = self.kl.coef
+        self._rollout_step, self._stopped_early = step, False
+        if self.config.sample_every and step % self.config.sample_every == 0:
+            self._write_samples(step, rollout, score)
+        experience = {
+            **tensors,
+            "old_logps": old_logps,
+            "ref_logps": ref_logps,
+            "old_values": values,
+            "advantages": advantages,
+            "returns": returns,
+            "metrics": metrics,
+        }
+        return [experience]
+
+    def select(self, prepared: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+        """Pass ``k`` trains minibatch ``k % minibatches`` of epoch ``k // minibatches``'s shuffle of the rows."""
+        if k > 0 and self.loss.target_approx_kl is not None and self._last_approx_kl > self.loss.target_approx_kl:
+            self._stopped_early = True
+        if self._stopped_early:
+            return []
+        experience = prepared[0]
+        n = experience["input_ids"].shape[0]
+        epoch, m = divmod(k, self.loss.minibatches)
+        seed = (self.config.seed * 1_000_003 + self._rollout_step) * 1_009 + epoch
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        rows = order[m * n // self.loss.minibatches : (m + 1) * n // self.loss.minibatches]
+        rows = rows.to(experience["input_ids"].device)
+        minibatch = {key: v[rows] if isinstance(v, torch.Tensor) else v for key, v in experience.items()}
+        minibatch["num_items"] = (minibatch["labels"][:, 1:] != -100).sum()
+        return [minibatch]
+
+    # --------------------------------------------------------------------------------------------- training
+    def step(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        logps, mask, entropy = self._actor_logps(model, batch)
+        values = self.roles.values(model, batch)
+        loss_sum, _, metrics = ppo_losses(
+            logps,
+            batch["old_logps"],
+            batch["advantages"],
+            values,
+            batch["old_values"],
+            batch["returns"],
+            mask,
+            clip=self.loss.clip,
+            value_clip=self.loss.value_clip,
+            value_coef=self.loss.value_coef,
+            entropy=entropy,
+            entropy_coef=self.loss.entropy_coef,
+        )
+        if model.training:
+            self._last_approx_kl = _global_mean(metrics["approx_kl"].reshape(1))
+        return loss_sum, {**metrics, **batch.get("metrics", {})}
+
+    def _actor_logps(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        if self.loss.entropy_coef == 0:
+            return token_logps(model, batch, entropy=True)
+        # An entropy bonus needs the entropy's gradient, hence the full log-softmax (memory: [B, T, V]).
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        logits = model(**inputs).logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        log_p = torch.log_softmax(logits, dim=-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        return selective_log_softmax(logits, labels.clamp(min=0)) * mask, mask, entropy * mask
+
+    # ------------------------------------------------------------------------------------------- evaluation
+    def evaluate(self, model: torch.nn.Module, prompts: list[PromptExample]) -> dict[str, float]:
+        """Held-out score of sampled completions (what PPO raises) and their KL to the reference, per completion.
+
+        Sampling uses its own seeded generator state, so evaluating does not change the training run.
+        """
+        scores, kls, parts_seen = [], [], {}
+        size = self.config.train.micro_batch_size
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(self.config.seed)
+            for start in range(0, len(prompts), size):
+                rollout = generate_rollout(model, self.tokenizer, prompts[start : start + size], self.config.sampling)
+                tensors = {name: t.to(device) for name, t in rollout.batch().items()}
+                logps, mask = token_logps(model, tensors)
+                with self.roles.acting(model, "reference"):
+                    ref_logps = token_logps(model, tensors)[0]
+                kls.append(((logps - ref_logps) * mask).sum(-1).cpu())
+                score, parts = self.score(model, rollout, tensors)
+                scores.append(score)
+                for name, values in parts.items():
+                    parts_seen.setdefault(name, []).append(values)
+        results = {"reward": torch.cat(scores).mean().item(), "kl": torch.cat(kls).mean().item()}
+        results.update({name: torch.cat(v).float().mean().item() for name, v in parts_seen.items()})
+        return results
+
+    def _write_samples(self, step: int, rollout: Rollout, score: torch.Tensor) -> None:
+        if os.environ.get("RANK", "0") != "0":
+            return
+        with self.samples_path.open("a") as f:
+            for i in range(min(4, len(rollout.prompts))):
+                record = {"step": step, "prompt": rollout.prompts[i], "completion": rollout.completions[i]}
+                f.write(json.dumps({**record, "score": float(score[i])}) + "\n")
+
+
+def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over completion tokens: 1 is a perfect critic, <= 0 a useless one."""
+    variance = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    residual = returns - values
+    residual_variance = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return (1.0 - residual_variance / variance.clamp(min=1e-8)).item()
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _global_mean(values: torch.Tensor) -> float:
+    """Mean of ``values`` over every process's rows."""
+    total = torch.stack([values.float().sum(), torch.tensor(float(values.numel()), device=values.device)])
+    if _world_size() > 1:
+        torch.distributed.all_reduce(total)
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def _global_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`masked_whiten` with mean and variance taken over every process's rollouts."""
+    if _world_size() == 1:
+        return masked_whiten(values, mask) * mask
+    m = mask.to(values.dtype)
+    stats = torch.stack([(values * m).sum(), (values**2 * m).sum(), m.sum()])
+    torch.distributed.all_reduce(stats)
+    mean = stats[0] / stats[2].clamp(min=1)
+    var = stats[1] / stats[2].clamp(min=1) - mean**2
+    return (values - mean) * torch.rsqrt(var + 1e-8) * m
