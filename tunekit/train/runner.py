@@ -29,6 +29,7 @@ import torch
 
 from tunekit.config import save_config
 from tunekit.errors import ConfigError, UserError
+from tunekit.train.charts import write_run_charts
 from tunekit.train.checkpoint import load_checkpoint, save_checkpoint
 from tunekit.train.log import MetricsLog, Progress
 from tunekit.train.rundir import check_room_for_checkpoints
@@ -322,6 +323,8 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     if accelerator.is_main_process and spec.save_final is not None:
         _save_final_atomically(spec.save_final, accelerator.unwrap_model(model), out / "final")
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_run_charts(out)  # out/plots/*.png; a failure to draw is a logged warning, never a failed run
     return RunResult(out, step, history)
 
 
