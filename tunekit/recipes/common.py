@@ -80,12 +80,13 @@ def start_run(config: RecipeConfig) -> tuple[Path, Path | None]:
 def final_saver(tokenizer: Any):
     """A ``save_final(model, dir)`` that writes Hugging Face files (adapter or full weights) plus the tokenizer."""
 
-    def save(model: torch.nn.Module, directory: Path) -> None:
+    def save(model: torch.nn.Module, directory: Path, state_dict: dict | None = None) -> None:
+        # state_dict: the gathered weights when an engine (FSDP, ZeRO-3) shards the model's own.
         if getattr(model, "peft_config", None):
             # Only the trained adapter: a frozen reference twin (see models/reference.py) is not part of the result.
-            model.save_pretrained(directory, selected_adapters=[model.active_adapter])
+            model.save_pretrained(directory, selected_adapters=[model.active_adapter], state_dict=state_dict)
         else:
-            model.save_pretrained(directory)
+            model.save_pretrained(directory, state_dict=state_dict)
         tokenizer.save_pretrained(directory)
 
     return save

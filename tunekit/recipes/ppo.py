@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tunekit.data.prompts import PromptDataConfig, collate_prompts, load_prompts
 from tunekit.errors import ConfigError, ModelError, exit_on_user_error
-from tunekit.models.adapters import count_parameters
+from tunekit.models.adapters import check_adapter_use, count_parameters
 from tunekit.models.load import ModelConfig, adapter_dir, load_tokenizer
 from tunekit.models.policy import build_policy
 from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_spec, say, start_run
@@ -78,11 +78,13 @@ def check_config(config: PPOConfig) -> None:
         raise ConfigError("PPO needs a reward: set reward_model (a reward run's final/) or rewards (functions)")
     if ppo.kl.target <= 0 or ppo.kl.horizon < 1:
         raise ConfigError("ppo.kl.target must be positive and ppo.kl.horizon at least 1")
-    if config.model.adapter.method == "full":
+    if config.model.adapter.method not in ("lora", "dora"):
         raise ConfigError(
-            "model.adapter.method=full: tunekit's PPO shares one base between actor, critic, reference and reward "
-            "model through adapters; use lora or dora (with model.quantization=4bit for QLoRA)"
+            f"model.adapter.method={config.model.adapter.method}: tunekit's PPO shares one base between actor, "
+            "critic, reference and reward model through LoRA adapters (peft keeps one adapter type per model); "
+            "use lora or dora (with model.quantization=4bit for QLoRA)"
         )
+    check_adapter_use(config.model, left_padding=True, earlier="continue")
     for key, path in (("model.path", config.model.path), ("reward_model", config.reward_model)):
         if path is not None and path.startswith(("runs/", "./", "../", "/")) and not Path(path).exists():
             raise ConfigError(f"{key} {path!r} does not exist; {HOW_TO_PREPARE}")

@@ -61,7 +61,7 @@ def pair_scores(model: torch.nn.Module, pairs: list[PairExample], collate: Any, 
         batch = collate(pairs[start : start + batch_size])
         scores = last_token_scores(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
         out.append(torch.stack(scores.chunk(2), dim=1))
-    return torch.cat(out)
+    return torch.cat(out).cpu()
 
 
 def pairwise_metrics(scores: torch.Tensor, margins: torch.Tensor, center_coef: float) -> dict[str, float]:

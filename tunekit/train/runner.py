@@ -22,10 +22,12 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from accelerate.utils import DistributedType
 
 from tunekit.config import save_config
 from tunekit.errors import ConfigError, UserError
@@ -169,12 +171,15 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
         check_room_for_checkpoints(spec.output_dir, 3 * trainable_bytes)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
     start_step = 0
     if resume_from is not None:
         start_step = load_checkpoint(resume_from, model, optimizer, scheduler)["step"]
         accelerator.print(f"resuming from {resume_from} at step {start_step}")
     model, optimizer = accelerator.prepare(model, optimizer)
+    # FSDP2 replaces parameters with sharded ones while wrapping, so they are looked up again by name.
+    trainable = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if n in trainable_names}
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
     out = spec.output_dir
     history: list[dict[str, Any]] = []
@@ -189,12 +194,13 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
 
     def checkpoint(step: int) -> None:
         accelerator.wait_for_everyone()
+        weights = _full_tensors(trainable)  # a collective under FSDP: every process takes part
         if accelerator.is_main_process:
             epoch = step / steps_per_epoch
             save_checkpoint(
                 out,
                 step,
-                trainable,
+                weights,
                 optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
                 scheduler,
                 {"epoch": epoch, **spec.extra_state},
@@ -320,8 +326,12 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     progress.close()
     if log is not None:
         log.close()
-    if accelerator.is_main_process and spec.save_final is not None:
-        _save_final_atomically(spec.save_final, accelerator.unwrap_model(model), out / "final")
+    if spec.save_final is not None:
+        # Sharded engines gather the whole state dict (every process takes part); otherwise the model saves its own.
+        state_dict = accelerator.get_state_dict(model) if sharded else None
+        if accelerator.is_main_process:
+            save = spec.save_final if state_dict is None else partial(spec.save_final, state_dict=state_dict)
+            _save_final_atomically(save, accelerator.unwrap_model(model), out / "final")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_run_charts(out)  # out/plots/*.png; a failure to draw is a logged warning, never a failed run
@@ -384,6 +394,11 @@ def _evaluate(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn, accelerato
             results.update({f"eval/{k}": v for k, v in spec.evaluate(accelerator.unwrap_model(model)).items()})
     model.train()
     return results
+
+
+def _full_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sharded (FSDP2 DTensor) parameters gathered into whole tensors; other tensors as they are."""
+    return {name: t.full_tensor() if hasattr(t, "full_tensor") else t for name, t in tensors.items()}
 
 
 def _global_sum(accelerator: Any, value: float) -> float:
