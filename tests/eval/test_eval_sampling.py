@@ -57,13 +57,13 @@ def step_logits(model, rollout):
 
 
 def test_greedy_is_deterministic_and_equals_stepwise_argmax(model, tokenizer, prompts):
-    config = GenerationConfig(mode="greedy", max_new_tokens=10, temperature=5.0)  # greedy ignores temperature
+    config = GenerationConfig(mode="greedy", max_new_tokens=8, temperature=5.0)  # greedy ignores temperature
     first = generate(model, tokenizer, prompts, config, batch_size=4)
     torch.manual_seed(123)  # a different RNG state must not matter
     second = generate(model, tokenizer, prompts, config, batch_size=3)  # nor the batching (left padding differs)
     assert first.completions == second.completions
     for prompt, completion in zip(prompts, first.completions, strict=True):
-        tokens = argmax_decode(model, prompt.prompt_ids, tokenizer.eos_token_id, 10)
+        tokens = argmax_decode(model, prompt.prompt_ids, tokenizer.eos_token_id, 8)
         assert completion == tokenizer.decode(tokens, skip_special_tokens=True)
 
 
@@ -79,7 +79,7 @@ def test_temperature_towards_zero_is_greedy(model, tokenizer, prompts):
 
 def outside_top_k(model, tokenizer, prompts, top_k, k_checked):
     torch.manual_seed(0)
-    config = GenerationConfig(mode="best_of_n", n=4, temperature=3.0, top_k=top_k, max_new_tokens=12)
+    config = GenerationConfig(mode="best_of_n", n=4, temperature=3.0, top_k=top_k, max_new_tokens=10)
     rollout = generate_rollout(model, tokenizer, prompts, sampling_config(config))
     logits, labels, sampled = step_logits(model, rollout)
     kth = logits.topk(k_checked, dim=-1).values[..., -1]  # [N, L] the k-th largest logit at each step
@@ -98,7 +98,7 @@ def test_top_k_never_samples_outside_the_k_most_likely(model, tokenizer, prompts
 
 def outside_nucleus(model, tokenizer, prompts, top_p, p_checked):
     torch.manual_seed(0)
-    config = GenerationConfig(mode="best_of_n", n=4, temperature=1.0, top_p=top_p, max_new_tokens=12)
+    config = GenerationConfig(mode="best_of_n", n=4, temperature=1.0, top_p=top_p, max_new_tokens=10)
     rollout = generate_rollout(model, tokenizer, prompts, sampling_config(config))
     logits, labels, sampled = step_logits(model, rollout)
     probs = logits.softmax(-1)

@@ -91,7 +91,7 @@ def check_config(config: EvalConfig) -> list[str]:
         if config.win_rate.opponent != "reference":
             check_causal_lm(config.win_rate.opponent, "win_rate.opponent")
     resolve_device(config.device)
-    output_dir = Path(config.output_dir or ".")
+    output_dir = Path(config.output_dir)
     prepare_output_dir(output_dir, None)  # refuses a directory that already holds a run
     check_room_for_checkpoints(output_dir, 0)  # writable, with room for the (small) result files
     return tasks
@@ -99,6 +99,8 @@ def check_config(config: EvalConfig) -> list[str]:
 
 def run(config: EvalConfig) -> EvalResult:
     started = time.perf_counter()
+    if not config.output_dir:
+        config.output_dir = f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}"
     tasks = check_config(config)
     gen, data = config.generation, config.data
     generating = any(t in GENERATION_TASKS for t in tasks)
@@ -152,7 +154,7 @@ def run(config: EvalConfig) -> EvalResult:
     results = {name: results[name] for name in tasks}
     record = results_record(config, results, time.perf_counter() - started)
     samples = sample_lines(prompts, generations, results)
-    output_dir = Path(config.output_dir or ".")
+    output_dir = Path(config.output_dir)
     write_run(output_dir, config, record, samples)
     say("results: " + ", ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items() if v is not None))
     say(f"done in {record['seconds']:.1f} s; run directory {output_dir}")
