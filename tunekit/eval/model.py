@@ -43,7 +43,8 @@ def load_eval_model(config: ModelConfig, device: str, path: str | None = None) -
     An adapter directory is loaded onto the base it records and merged (``load_model``), so an adapter run's
     final/ and its merged export evaluate alike.
     """
-    model = load_model(replace(config, path=path) if path is not None else config).eval()
+    # Another model (an opponent) shares dtype and quantisation, not the revision pinned for model.path.
+    model = load_model(replace(config, path=path, revision=None) if path is not None else config).eval()
     # A bitsandbytes-quantized model is already placed where it runs and cannot be moved.
     if config.quantization == "none":
         model = model.to(device)
