@@ -36,3 +36,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"the shared data directory {SHARED_DATA} is missing; tests that read real data need it")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sft_warm_start(tmp_path_factory) -> Path:
+    """final/ of the SFT warm start that the default GRPO and PPO configs start from, trained once per session."""
+    from tunekit.config import load_config
+    from tunekit.recipes.sft import SFTConfig, run
+
+    out = tmp_path_factory.mktemp("sft-warmstart")
+    run(load_config(SFTConfig, "recipes/sft/tiny-warmstart.yaml", [f"output_dir={out}", "train.progress=false"]))
+    return out / "final"

@@ -76,19 +76,14 @@ def test_mistakes_are_reported_before_training(tmp_path, overrides, error, messa
     assert not (out / "metrics.jsonl").exists()
 
 
-def test_default_task_raises_the_held_out_reward_after_the_warm_start(tmp_path):
-    from tunekit.recipes.sft import SFTConfig
-    from tunekit.recipes.sft import run as run_sft
-
-    warm = tmp_path / "warm"
-    run_sft(load_config(SFTConfig, "recipes/sft/tiny-warmstart.yaml", [f"output_dir={warm}", "train.progress=false"]))
+def test_default_task_raises_the_held_out_reward_after_the_warm_start(tmp_path, sft_warm_start):
     result = run(
         load_config(
             GRPOConfig,
             None,
             [
                 f"output_dir={tmp_path / 'grpo'}",
-                f"model.path={warm / 'final'}",
+                f"model.path={sft_warm_start}",
                 "train.progress=false",
                 "train.eval_every=50",
             ],

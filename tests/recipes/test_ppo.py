@@ -149,7 +149,7 @@ def test_bad_inputs_are_named_before_anything_is_written(runs, tmp_path):
         (f"reward_model={actor}", ModelError, "not a reward model"),
         (f"reward_model={tmp_path}", ModelError, "not an adapter directory"),
         ("reward_model=runs/nowhere/final", ConfigError, "tunekit.recipes.reward"),
-        ("model.path=runs/nowhere/final", ConfigError, "tiny-lora-warmstart.yaml"),
+        ("model.path=runs/nowhere/final", ConfigError, "recipes/sft/tiny-warmstart.yaml"),
         ("ppo.minibatches=99", ConfigError, "ppo.minibatches"),
         ("model.adapter.method=full", ConfigError, "model.adapter.method=full"),
         ("data.max_prompt_length=4", DataError, "row"),

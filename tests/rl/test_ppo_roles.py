@@ -20,8 +20,7 @@ def runs(tmp_path_factory):
     from tunekit.recipes import reward, sft
 
     root = tmp_path_factory.mktemp("ppo-roles")
-    # r=4, as recipes/sft/tiny-lora-warmstart.yaml (the default PPO warm start)
-    sft.run(load_config(sft.SFTConfig, None, [f"output_dir={root / 'sft'}", "model.adapter.r=4", *QUICK]))
+    sft.run(load_config(sft.SFTConfig, None, [f"output_dir={root / 'sft'}", *QUICK]))
     reward.run(load_config(reward.RewardConfig, None, [f"output_dir={root / 'reward'}", *QUICK]))
     return root / "sft" / "final", root / "reward" / "final"
 
@@ -119,11 +118,14 @@ def test_actor_and_critic_both_train_through_role_switches(runs, tokenizer):
 
 
 def test_four_roles_store_the_base_once(runs):
-    """Parameter storage of all four roles together, against the base causal LM's own."""
+    """Parameter storage of all four roles together, against the base causal LM's own, in the default setup:
+    a fresh actor LoRA (r=8, every linear layer) whose reference is the base itself, the critic, the reward run."""
     from transformers import AutoModelForCausalLM
 
-    sft_final, reward_final = runs
-    model, _ = _shared(sft_final, reward_final)
+    _, reward_final = runs
+    model = build_policy(ModelConfig(path="tiny-llama"), reference_adapter=True)
+    roles = SharedRoles(model, CriticConfig(), str(reward_final))
+    assert roles.reference_kind == "adapter_disabled"
     base = AutoModelForCausalLM.from_pretrained(model.peft_config["default"].base_model_name_or_path)
 
     def nbytes(module):

@@ -1,8 +1,8 @@
 """PPO (RLHF) with the actor, critic, reference and reward model sharing one copy of the base weights.
 
-    python -m tunekit.recipes.sft --config recipes/sft/tiny-lora-warmstart.yaml   # the policy's warm start
-    python -m tunekit.recipes.reward output_dir=runs/reward-default                # the reward model
-    python -m tunekit.recipes.ppo                                                  # tiny model, offline
+    python -m tunekit.recipes.sft --config recipes/sft/tiny-warmstart.yaml          # the SFT warm start
+    python -m tunekit.recipes.reward --config recipes/reward/tiny-warmstart.yaml    # the reward model, on it
+    python -m tunekit.recipes.ppo                                                   # tiny model, offline
 
 Each runner step samples completions for a batch of prompts, scores them (reward model and/or reward functions),
 shapes per-token rewards with a KL penalty to the reference, estimates advantages with GAE, and then takes
@@ -28,13 +28,13 @@ from tunekit.rl.roles import CriticConfig, SharedRoles, policy_base, same_base
 from tunekit.rl.rollout import SamplingConfig
 from tunekit.train.runner import RunResult, TrainConfig, train
 
-WARM_START = "runs/sft-lora-warmstart/final"
-DEFAULT_REWARD_MODEL = "runs/reward-default/final"
+WARM_START = "runs/sft-warmstart/final"
+DEFAULT_REWARD_MODEL = "runs/reward-warmstart/final"
 HOW_TO_PREPARE = (
-    "the default PPO config starts from the LoRA warm start that `python -m tunekit.recipes.sft --config "
-    "recipes/sft/tiny-lora-warmstart.yaml` writes and scores with the reward model that `python -m "
-    "tunekit.recipes.reward output_dir=runs/reward-default` writes; run those first, or set model.path and "
-    "reward_model"
+    "the default PPO config starts from the SFT warm start that `python -m tunekit.recipes.sft --config "
+    "recipes/sft/tiny-warmstart.yaml` writes and scores with the reward model that `python -m "
+    "tunekit.recipes.reward --config recipes/reward/tiny-warmstart.yaml` trains on it; run those first, or set "
+    "model.path and reward_model"
 )
 
 
