@@ -35,13 +35,14 @@ check sft-8bit-paged-adamw sft output_dir="$RUNS/sft-8bit" model.quantization=8b
 check dpo-qlora python -m tunekit.recipes.dpo output_dir="$RUNS/dpo-qlora" model.quantization=4bit model.dtype=bf16 \
   max_steps=30 $QUIET
 check reward-bf16 python -m tunekit.recipes.reward output_dir="$RUNS/reward" model.dtype=bf16 max_steps=60 $QUIET
-check grpo-bf16 bash -c "python -m tunekit.recipes.sft --config recipes/sft/tiny-warmstart.yaml \
-  output_dir=$RUNS/warm max_steps=60 $QUIET && python -m tunekit.recipes.grpo model.path=$RUNS/warm/final \
-  output_dir=$RUNS/grpo train.mixed_precision=bf16 max_steps=10 $QUIET"
-# PPO with all four roles on one 4-bit base: warm start and reward model on the same (unquantised) base weights.
-check ppo-qlora bash -c "python -m tunekit.recipes.sft --config recipes/sft/tiny-lora-warmstart.yaml \
-  output_dir=$RUNS/lora-warm max_steps=60 $QUIET && python -m tunekit.recipes.ppo model.path=$RUNS/lora-warm/final \
-  reward_model=$RUNS/reward/final model.quantization=4bit model.dtype=bf16 output_dir=$RUNS/ppo max_steps=12 $QUIET"
+check warm-start sft --config recipes/sft/tiny-warmstart.yaml output_dir="$RUNS/warm" max_steps=60
+check grpo-bf16 python -m tunekit.recipes.grpo model.path="$RUNS/warm/final" output_dir="$RUNS/grpo" \
+  train.mixed_precision=bf16 max_steps=10 $QUIET
+# PPO with all four roles on one 4-bit base: the reward model is trained on the same warm start.
+check ppo-qlora bash -c "python -m tunekit.recipes.reward --config recipes/reward/tiny-warmstart.yaml \
+  model.path=$RUNS/warm/final output_dir=$RUNS/reward-warm max_steps=60 $QUIET && python -m tunekit.recipes.ppo \
+  model.path=$RUNS/warm/final reward_model=$RUNS/reward-warm/final model.quantization=4bit model.dtype=bf16 \
+  output_dir=$RUNS/ppo max_steps=12 $QUIET"
 check fsdp-sft bash -c "$(declare -f fsdp); QUIET=$QUIET; fsdp output_dir=$RUNS/fsdp max_steps=4 train.save_every=2 \
   && fsdp output_dir=$RUNS/fsdp max_steps=6 train.save_every=2 resume=auto && ls $RUNS/fsdp/final"
 check fsdp-qlora bash -c "$(declare -f fsdp); QUIET=$QUIET; fsdp output_dir=$RUNS/fsdp-qlora model.quantization=4bit \

@@ -173,13 +173,19 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
     start_step = 0
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if resume_from is not None:
-        start_step = load_checkpoint(resume_from, model, optimizer, scheduler)["step"]
+        # Under FSDP/ZeRO the optimizer's moments are sharded per process; a checkpoint holds gathered weights,
+        # and the moments start afresh (see docs/multi-gpu.md).
+        start_step = load_checkpoint(resume_from, model, None if sharded else optimizer, scheduler)["step"]
         accelerator.print(f"resuming from {resume_from} at step {start_step}")
+        if sharded:
+            accelerator.print(
+                "resuming a sharded run: weights, schedule and data position restored; optimizer moments reset"
+            )
     model, optimizer = accelerator.prepare(model, optimizer)
     # FSDP2 replaces parameters with sharded ones while wrapping, so they are looked up again by name.
     trainable = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if n in trainable_names}
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
     out = spec.output_dir
     history: list[dict[str, Any]] = []
