@@ -43,23 +43,42 @@ StepFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[st
 
 @dataclass
 class TrainConfig:
+    # Passes over the training items (examples, pairs or prompts), reshuffled each epoch; items that do not fill a whole
+    # optimizer step at the end of an epoch sit that epoch out. max_steps can stop earlier.
     epochs: int = 2
+    # Items per forward/backward pass on each process: examples or packed rows (sft, pretrain), pairs (reward, dpo) or
+    # prompts (grpo, ppo; each sampled sampling.num_generations times). Held-out evaluation batches are this size too.
     micro_batch_size: int = 8
+    # Micro-batches accumulated into one optimizer step: a step sees micro_batch_size x processes x grad_accum_steps
+    # items, and its loss is the mean over all of them.
     grad_accum_steps: int = 1
+    # Peak learning rate, reached at the end of warmup; the scheduler shapes it from there.
     lr: float = 1e-3
+    # Weight decay of the optimizer (decoupled for the AdamW variants, L2 for sgd) on every trainable parameter; 0:
+    # none.
     weight_decay: float = 0.0
     # sgd (plain, no momentum) updates linearly in the gradient, which makes it the optimizer for exact
     # invariance checks: AdamW's first steps divide by |g| and turn rounding in near-zero gradients into
     # differences of order lr.
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"] = "adamw"
+    # Learning rate after warmup: cosine or linear decay to 0 at the run's last step (max_steps when it caps the run),
+    # or constant.
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    # Fraction of the run's optimizer steps over which the learning rate rises linearly from 0 to lr (0: no warmup).
     warmup_ratio: float = 0.03
+    # Clip the gradient's global L2 norm to this before each optimizer step (0 or less: no clipping); grad_norm is
+    # logged either way, before clipping.
     max_grad_norm: float = 1.0
     # Autocast compute precision; the stored weights keep model.dtype.
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # Write a metrics.jsonl line every this many optimizer steps; evaluation steps, the last step, loss spikes and
+    # non-finite steps are logged whatever it says.
     log_every: int = 1
-    # 0: evaluate / checkpoint only at the end.
+    # Evaluate on the held-out data (and the recipe's own evaluation, e.g. reward of samples) every this many optimizer
+    # steps, with a step-0 baseline first; 0: only after the last step.
     eval_every: int = 0
+    # Write a resumable checkpoint every this many optimizer steps; 0: only at the end (SIGTERM or SIGINT also saves one
+    # before the run exits).
     save_every: int = 0
     # Complete checkpoints kept on disk (0: all).
     keep_checkpoints: int = 2
@@ -68,6 +87,7 @@ class TrainConfig:
     # A step whose loss exceeds this many times the median of recent steps is logged with its example ids
     # (0: off). Spikes usually point at bad rows.
     spike_factor: float = 5.0
+    # Show a progress bar on the terminal (main process only); false keeps log files free of it.
     progress: bool = True
     # Pad batch widths to a multiple of this (8 suits tensor cores).
     pad_to_multiple_of: int = 1
