@@ -54,8 +54,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     # Peak learning rate, reached at the end of warmup; the scheduler shapes it from there.
     lr: float = 1e-3
-    # Weight decay of the optimizer (decoupled for the AdamW variants, L2 for sgd) on every trainable parameter; 0:
-    # none.
+    # Weight decay on every trainable parameter (0: none); decoupled for the AdamW variants, L2 for sgd.
     weight_decay: float = 0.0
     # sgd (plain, no momentum) updates linearly in the gradient, which makes it the optimizer for exact
     # invariance checks: AdamW's first steps divide by |g| and turn rounding in near-zero gradients into
