@@ -30,10 +30,16 @@ class ModelConfig:
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     # Store the frozen base in 4-bit NF4 (QLoRA) or 8-bit through bitsandbytes.
     quantization: Literal["none", "4bit", "8bit"] = "none"
+    # Attention kernel: sdpa (torch's scaled_dot_product_attention; padding-free batches need it) or eager (plain
+    # matmuls, slower; for comparisons and debugging).
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    # Recompute each layer's activations in the backward pass instead of keeping them: much less activation memory for
+    # about one more forward pass of compute. Training recipes only; not with prefix_tuning.
     gradient_checkpointing: bool = False
     # Run code shipped inside a hub repository. Off unless you trust its author.
     trust_remote_code: bool = False
+    # Branch, tag or commit of a hub model to load (null: the default branch); local directories ignore it. With an
+    # adapter directory as path, it applies to the base the adapter records.
     revision: str | None = None
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
