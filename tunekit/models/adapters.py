@@ -35,10 +35,14 @@ class AdapterConfig:
     ``full``: every weight trained, no adapter.
     """
 
+    # What is trained: an adapter of one of the methods in the docstring above (see docs/adapters.md), or full: every
+    # weight of the model, no adapter.
     method: Literal["lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "llama_adapter", "full"] = "lora"
-    # lora, dora: rank, scale numerator and dropout of the low-rank update.
+    # lora, dora: rank of the low-rank update; trainable parameters grow linearly with it.
     r: int = 8
+    # lora, dora: the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora).
     alpha: int = 16
+    # lora, dora: dropout probability on the adapter's input during training (0: none).
     dropout: float = 0.0
     # lora, dora, ia3: module names (matched against the last part of each module's name, e.g. q_proj) or
     # ["all-linear"].
