@@ -22,6 +22,8 @@ C = TypeVar("C")
 class RecipeConfig:
     # Where the run directory goes; default runs/<recipe>-<date>-<time>.
     output_dir: str | None = None
+    # Seeds Python, NumPy and torch (adapter initialisation, sampling), the data order, the held-out split and the
+    # generated data.
     seed: int = 0
     # A cap on optimizer steps (null: run all epochs).
     max_steps: int | None = None
