@@ -35,8 +35,9 @@ class AdapterConfig:
     ``full``: every weight trained, no adapter.
     """
 
-    # What is trained: an adapter of one of the methods in the docstring above (see docs/adapters.md), or full: every
-    # weight of the model, no adapter.
+    # What is trained: lora, dora (LoRA plus a learned magnitude per output channel), ia3 (learned per-channel scales),
+    # prompt_tuning, prefix_tuning or llama_adapter (virtual tokens; see docs/adapters.md), or full (every weight, no
+    # adapter).
     method: Literal["lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "llama_adapter", "full"] = "lora"
     # lora, dora: rank of the low-rank update; trainable parameters grow linearly with it.
     r: int = 8
