@@ -120,13 +120,20 @@ class SourceConfig:
 
     # A .jsonl/.json/.parquet/.csv file, a dataset directory, a hub id, or "synthetic" (tunekit's own data).
     path: str = "synthetic"
+    # Split of a dataset directory or hub dataset to read; a single file is one split, train.
     split: str = "train"
-    # Held-out data: a separate source, or else this fraction of the training rows (0 turns evaluation off).
+    # Held-out data from a separate source, in any form path takes (null: hold out eval_fraction of the training rows
+    # instead). Ignored when path is "synthetic".
     eval_path: str | None = None
+    # Split of eval_path to read, as split is for path.
     eval_split: str = "train"
+    # Without eval_path: the share of the training rows held out for evaluation, drawn with seed; with path "synthetic",
+    # that share of synthetic_size is generated as fresh held-out rows. 0: no held-out data.
     eval_fraction: float = 0.05
-    # Rows generated when path is "synthetic", and a cap on the training rows read from a source (null: all).
+    # Training rows generated when path is "synthetic" (ignored otherwise).
     synthetic_size: int = 2000
+    # Read only the first this many rows of path (null: all); a held-out share is split from these. Generated data and
+    # eval_path are not capped.
     max_examples: int | None = None
 
 
