@@ -14,10 +14,17 @@ from tunekit.losses.sft import IGNORE_INDEX
 
 @dataclass
 class DataConfig(SourceConfig):
+    # Row format (docs/data.md): text, prompt_completion or messages; auto decides from the first row's columns, trying
+    # messages, then prompt + completion, then text.
     format: Literal["auto", "text", "prompt_completion", "messages"] = "auto"
+    # text rows: the column with the whole text (the loss is taken on all of it).
     text_column: str = "text"
+    # prompt_completion rows: the prompt column, a string or a list of chat messages.
     prompt_column: str = "prompt"
+    # prompt_completion rows: the completion, a string or one assistant message; the loss is taken on it and its EOS.
     completion_column: str = "completion"
+    # messages rows: a list of {role, content} messages rendered with the chat template; the loss is taken on the
+    # assistant turns.
     messages_column: str = "messages"
     # How a string prompt is written before its completion; {prompt} is replaced by the prompt column.
     prompt_template: str = "{prompt}"
