@@ -22,8 +22,13 @@ from tunekit.errors import ConfigError, DataError
 @dataclass
 class PairDataConfig(SourceConfig):
     eval_fraction: float = 0.1
+    # The prompt, a string or a list of chat messages. Rows without it have an implicit prompt: the shared beginning of
+    # chosen and rejected, up to prompt_delimiter.
     prompt_column: str = "prompt"
+    # The preferred response, a string or one assistant message; with an implicit prompt, the whole preferred
+    # transcript.
     chosen_column: str = "chosen"
+    # The dispreferred response, in the same form as chosen.
     rejected_column: str = "rejected"
     # Optional per-pair margin for the reward loss; rows without the column get 0.
     margin_column: str = "margin"
