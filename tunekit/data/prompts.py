@@ -18,6 +18,8 @@ from tunekit.rl.rollout import PromptExample
 class PromptDataConfig(SourceConfig):
     eval_fraction: float = 0.1
     synthetic_size: int = 400
+    # The prompt, a string or a list of chat messages (rendered with the chat template). The row's other columns, e.g.
+    # answer, are passed to the reward functions.
     prompt_column: str = "prompt"
     # How the prompt column is written; {prompt} is replaced by it.
     prompt_template: str = "{prompt}"
