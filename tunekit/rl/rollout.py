@@ -19,13 +19,15 @@ from tunekit.models.reference import unwrap
 
 @dataclass
 class SamplingConfig:
-    # Completions sampled per prompt (the GRPO group size).
+    # Completions sampled per prompt (GRPO: the group size, at least 2; PPO: usually 1).
     num_generations: int = 4
+    # Longest completion, in tokens; one that reaches it without EOS or a stop string counts as truncated.
     max_new_tokens: int = 32
     # 0 samples greedily.
     temperature: float = 1.0
     # 0 keeps every token; otherwise only the k most likely are sampled.
     top_k: int = 0
+    # Nucleus sampling: only from the smallest set of tokens whose probability reaches top_p (1.0: all).
     top_p: float = 1.0
     # Generation of a row also stops at any of these strings (besides EOS).
     stop_strings: list[str] = field(default_factory=list)
