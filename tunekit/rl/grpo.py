@@ -25,6 +25,8 @@ class GRPOLossConfig:
     # token: mean over all completion tokens of the step; sequence: per-completion mean, then mean (GRPO);
     # dr_grpo: per-completion sum over sampling.max_new_tokens, then mean.
     aggregation: Aggregation = "sequence"
+    # Lower clip range of the policy ratio: a token with a negative advantage stops pushing once its ratio falls below 1
+    # - clip_low.
     clip_low: float = 0.2
     # Upper clip range; larger than clip_low is "clip-higher" (DAPO).
     clip_high: float = 0.28
@@ -36,6 +38,8 @@ class GRPOLossConfig:
     skip_equal_groups: bool = False
     # Completions that hit max_new_tokens: keep, mask (no loss), or penalize (truncation_penalty added).
     truncated: Literal["keep", "mask", "penalize"] = "keep"
+    # Added to the reward of each truncated completion when truncated is penalize, before advantages (negative: a
+    # penalty).
     truncation_penalty: float = -1.0
 
 
