@@ -46,14 +46,23 @@ class KLControlConfig:
 
 @dataclass
 class PPOLossConfig:
+    # GAE discount per token (1.0: none; the score arrives at a completion's last token, the KL penalty on every token).
     gamma: float = 1.0
+    # GAE lambda: 0 gives one-step TD errors (low variance, leans on the critic), 1 gives the full return minus the
+    # value.
     lam: float = 0.95
+    # Shift and scale advantages to mean 0 and std 1 over the rollout batch's completion tokens (all processes).
     whiten_advantages: bool = True
-    # Passes over each rollout batch, and the minibatches (optimizer steps) each pass is cut into.
+    # Passes over each rollout batch (ppo.epochs x ppo.minibatches optimizer steps per batch in all).
     epochs: int = 2
+    # Shuffled minibatches each pass is cut into, one optimizer step each; at most the rollout batch's completions.
     minibatches: int = 2
+    # Clip range of the policy ratio new/old probability: 1 - clip to 1 + clip.
     clip: float = 0.2
+    # The value head's trust region: a prediction further than this from its rollout value gets the larger of its
+    # clipped and unclipped squared errors.
     value_clip: float = 0.2
+    # Weight of the value loss (0.5 x squared error against the GAE returns) added to the policy loss.
     value_coef: float = 0.1
     # Entropy bonus (0: off; otherwise the full-vocabulary entropy is computed with gradients).
     entropy_coef: float = 0.0
