@@ -44,7 +44,9 @@ Role = Literal["actor", "critic", "reference", "reward"]
 
 @dataclass
 class CriticConfig:
+    # LoRA rank of the critic's adapter on the shared base.
     r: int = 8
+    # LoRA alpha of the critic's adapter (its update is scaled by alpha / r).
     alpha: int = 16
     # A small adapter is enough: the value head reads the critic's last hidden state, and every adapter here
     # adds to the one shared base (see docs/ppo.md for the parameter budget).
