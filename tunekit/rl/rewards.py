@@ -68,7 +68,7 @@ class RewardSource:
     name is refused when the function is loaded.
     """
 
-    name: str = ""  # a built-in name, "path/to/file.py:function" or "pkg.module:function" / "pkg.module.function"
+    name: str = ""  # required: a built-in name, "file.py:function", "pkg.module:function" or "model:<dir>"
     weight: float = 1.0  # the total reward is sum(weight * reward) over the sources
     kwargs: dict[str, Any] = field(default_factory=dict)  # the function's own options, e.g. {"pattern": "..."}
 
