@@ -41,6 +41,8 @@ class PairLogps:
 
 @dataclass
 class PreferenceLossConfig:
+    # sigmoid: DPO; ipo: IPO (squared distance to a fixed margin); hinge: SLiC-style hinge; robust: DPO unbiased for
+    # flipped labels (label_smoothing); simpo: SimPO and orpo: ORPO, both reference-free. See docs/dpo.md.
     loss_type: LossType = "sigmoid"
     # sigmoid/hinge/robust/simpo: scale of the implicit reward; ipo: the regulariser tau (target margin 1 / (2 beta));
     # orpo: lambda, the weight of the odds-ratio term against the NLL term. Also scales the logged rewards.
