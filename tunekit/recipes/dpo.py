@@ -48,8 +48,9 @@ def _dpo_loss() -> PreferenceLossConfig:
 class DPOConfig(RecipeConfig):
     data: PairDataConfig = field(default_factory=PairDataConfig)
     loss: PreferenceLossConfig = field(default_factory=_dpo_loss)
-    # Reference log-probs: computed each step ("on_the_fly"), or once before training ("precompute"), saved in
-    # the run directory and reused on resume. Reference-free types (simpo, orpo) take none (leave it null).
+    # Reference log-probs: computed each step ("on_the_fly", also what null means for types with a reference), or once
+    # before training ("precompute"), saved in the run directory and reused on resume. Reference-free types (simpo,
+    # orpo) take none: leave it null.
     reference: Literal["on_the_fly", "precompute"] | None = None
     train: TrainConfig = field(default_factory=_dpo_train)
 
