@@ -27,16 +27,22 @@ class EvalDataConfig:
     # A .jsonl/.json/.parquet/.csv file, a dataset directory, a hub id, or "synthetic" (tunekit's generated
     # arithmetic, prompt/completion rows ending in "#### N").
     path: str = "synthetic"
+    # Split of a dataset directory or hub dataset to read; a single file is one split, train.
     split: str = "train"
-    # Rows generated when path is "synthetic"; a cap on the rows read from a source (null: all).
+    # Rows generated when path is "synthetic": the rows an SFT run with the same seed holds out.
     synthetic_size: int = 64
+    # Evaluate only the first this many rows (null: all), generated ones included.
     max_examples: int | None = None
     # Perplexity reads rows in one of the training formats (see docs/data.md); auto detects it from the columns.
     format: Literal["auto", "text", "prompt_completion", "messages"] = "auto"
+    # Perplexity on text rows: the column with the whole text.
     text_column: str = "text"
+    # The prompt generation starts from (exact_match, win_rate) and perplexity's prompt: a string or a list of chat
+    # messages.
     prompt_column: str = "prompt"
     # The reference completion: the target of perplexity and the opponent of win_rate.opponent=reference.
     completion_column: str = "completion"
+    # Perplexity on chat rows: a list of {role, content} messages, scored on the assistant turns.
     messages_column: str = "messages"
     # Exact match reads the reference answer here (null: completion_column); "... #### 18" or a bare number.
     answer_column: str | None = None
