@@ -26,6 +26,7 @@ class GenerationConfig:
     # greedy: the most likely token at every step; sample: one completion per prompt drawn with temperature,
     # top_k and top_p; best_of_n: n such completions per prompt, the one select_by scores highest kept.
     mode: Mode = "greedy"
+    # Longest completion generated, in tokens; generation also stops at EOS or a stop string.
     max_new_tokens: int = 16
     # Sampling only (sample, best_of_n). temperature 0 decodes greedily.
     temperature: float = 1.0
