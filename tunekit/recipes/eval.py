@@ -39,6 +39,7 @@ def _default_tasks() -> list[str]:
 class EvalConfig:
     # Where results go; default runs/eval-<date>-<time>. It must not hold a run already.
     output_dir: str | None = None
+    # Seeds sampling (sample, best_of_n) and the generated rows of data.path "synthetic".
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
@@ -49,6 +50,7 @@ class EvalConfig:
     win_rate: WinRateConfig = field(default_factory=WinRateConfig)
     # Prompts per generate call (best_of_n: n rows each) and rows per perplexity forward pass.
     batch_size: int = 16
+    # Where the models run: auto (cuda when there is a GPU, else cpu), cpu, or cuda (an error without a GPU).
     device: Device = "auto"
 
 
