@@ -25,10 +25,13 @@ from tunekit.recipes.common import parse_args, say
 class ExportConfig:
     # A PEFT adapter directory, usually a run's final/.
     adapter: str = ""
+    # Where the merged model and the adapter's tokenizer are written (required).
     output_dir: str | None = None
     # The base to merge into; default: the base recorded in the adapter.
     base: str | None = None
+    # Dtype the base is loaded in, merged in and saved in.
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Run code shipped inside the base's hub repository. Off unless you trust its author.
     trust_remote_code: bool = False
 
 
