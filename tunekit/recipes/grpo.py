@@ -50,6 +50,8 @@ class GRPOConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=_warm_model)
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
     sampling: SamplingConfig = field(default_factory=_grpo_sampling)
+    # Reward sources whose weighted sum scores each completion: built-in or own reward functions, or a reward model
+    # (model:<dir>); see docs/rewards.md.
     rewards: list[RewardSource] = field(default_factory=_default_rewards)
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
     train: TrainConfig = field(default_factory=_grpo_train)
