@@ -29,7 +29,7 @@ class EvalDataConfig:
     path: str = "synthetic"
     # Split of a dataset directory or hub dataset to read; a single file is one split, train.
     split: str = "train"
-    # Rows generated when path is "synthetic": the rows an SFT run with the same seed holds out.
+    # Rows generated when path is "synthetic": the first of the rows an SFT run with the same seed holds out.
     synthetic_size: int = 64
     # Evaluate only the first this many rows (null: all), generated ones included.
     max_examples: int | None = None
