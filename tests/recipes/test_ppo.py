@@ -161,3 +161,32 @@ def test_bad_inputs_are_named_before_anything_is_written(runs, tmp_path):
         assert not out.exists(), override
     with pytest.raises(ConfigError, match="needs a reward"):
         ppo.run(ppo_config(out, runs, "reward_model=null"))
+
+
+def test_default_run_raises_the_reward_model_score_within_the_kl_target(tmp_path, sft_warm_start):
+    """The default pipeline, shortened: the reward model on the warm start, then 40 PPO steps (10 rollout batches)."""
+    reward_dir = tmp_path / "reward"
+    reward.run(
+        load_config(
+            reward.RewardConfig,
+            "recipes/reward/tiny-warmstart.yaml",
+            [f"output_dir={reward_dir}", f"model.path={sft_warm_start}", "train.progress=false", "max_steps=300"],
+        )
+    )
+    config = load_config(
+        ppo.PPOConfig,
+        None,
+        [
+            f"output_dir={tmp_path / 'ppo'}",
+            f"model.path={sft_warm_start}",
+            f"reward_model={reward_dir / 'final'}",
+            "train.progress=false",
+            "max_steps=40",
+        ],
+    )
+    result = ppo.run(config)
+    evals = [r for r in result.history if "eval/reward" in r]
+    assert [r["step"] for r in evals] == [0, 10, 20, 30, 40]
+    first, last = evals[0], evals[-1]
+    assert last["eval/reward"] > first["eval/reward"] + 0.5, [r["eval/reward"] for r in evals]
+    assert last["eval/kl"] < config.ppo.kl.target, [r["eval/kl"] for r in evals]

@@ -34,14 +34,15 @@ from tunekit.rl.rollout import PromptExample, Rollout, generate_rollout
 
 @dataclass
 class KLControlConfig:
-    # Weight of the per-token KL penalty in the reward (beta).
-    coef: float = 0.05
+    # Weight of the per-token KL penalty in the reward (beta), at the start when adaptive.
+    coef: float = 0.1
     # Steer coef so that the KL of a completion (summed over its tokens) approaches target; false keeps it fixed.
     adaptive: bool = True
     # Nats per completion: the adaptive controller's aim, and the limit the evaluation reports against.
-    target: float = 2.0
-    # Completions over which the adaptive controller closes the gap to the target (Ziegler et al., 2019).
-    horizon: int = 2000
+    target: float = 4.0
+    # Completions over which the adaptive controller closes the gap to the target (Ziegler et al., 2019). The
+    # default run samples 400 completions; a horizon of 100 lets the coefficient respond within it.
+    horizon: int = 100
 
 
 @dataclass
@@ -136,6 +137,7 @@ class PPOTrainer:
     @torch.no_grad()
     def prepare(self, model: torch.nn.Module, batches: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
         """The step's prompts -> one experience batch (see the module docstring)."""
+        model.eval()  # old log-probs and values without dropout noise; the runner switches back to train()
         prompts = [p for batch in batches for p in batch["prompts"]]
         rollout = generate_rollout(model, self.tokenizer, prompts, self.config.sampling)
         device = next(model.parameters()).device
