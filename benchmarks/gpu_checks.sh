@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_checks.sh [OUT_DIR]
 #
 # Each check prints "name ok|FAIL seconds" and the last lines of its log; logs go to OUT_DIR (default /tmp/gpu-checks).
+# CHECKS="name name ..." runs only those checks.
 set -u
 OUT_DIR=${1:-/tmp/gpu-checks}
 RUNS=$(mktemp -d)
@@ -16,6 +17,7 @@ QUIET="train.progress=false"
 check() {
   local name=$1
   shift
+  [[ -z "${CHECKS:-}" || " $CHECKS " == *" $name "* ]] || return 0
   local start=$SECONDS status=ok
   "$@" >"$OUT_DIR/$name.log" 2>&1 || status=FAIL
   echo "== $name $status $((SECONDS - start))s"
