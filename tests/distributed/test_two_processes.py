@@ -5,6 +5,7 @@ the processes are started with torchrun, whose environment tunekit's Accelerator
 `accelerate launch` on GPUs.
 """
 
+import importlib
 import os
 import subprocess
 import sys
@@ -14,25 +15,20 @@ import torch
 from safetensors.torch import load_file
 
 from tunekit.config import load_config
-from tunekit.recipes import dpo, grpo, sft
 from tunekit.train.log import read_metrics
 
 CASES = {
-    "sft": (sft, sft.SFTConfig, ["data.synthetic_size=48", "data.eval_fraction=0.1"]),
-    "dpo": (dpo, dpo.DPOConfig, ["data.synthetic_size=48", "data.eval_fraction=0.1"]),
-    "grpo": (
-        grpo,
-        grpo.GRPOConfig,
-        [
-            "model.path=tiny-llama",
-            "data.synthetic_size=16",
-            "data.max_eval_examples=4",
-            "sampling.num_generations=4",
-            "sampling.max_new_tokens=6",
-            "sample_every=0",
-            "sampling.temperature=0",
-        ],
-    ),
+    "sft": ["data.synthetic_size=48", "data.eval_fraction=0.1"],
+    "dpo": ["data.synthetic_size=48", "data.eval_fraction=0.1"],
+    "grpo": [
+        "model.path=tiny-llama",
+        "data.synthetic_size=16",
+        "data.max_eval_examples=4",
+        "sampling.num_generations=4",
+        "sampling.max_new_tokens=6",
+        "sample_every=0",
+        "sampling.temperature=0",
+    ],
 }
 # Plain SGD: equal weights then mean equal gradients (AdamW would amplify float rounding in near-zero gradients).
 COMMON = ["train.progress=false", "max_steps=3", "train.lr=1e-1", "train.eval_every=3", "train.optimizer=sgd"]
@@ -58,20 +54,48 @@ def torchrun(recipe, args, port):
 
 @pytest.mark.parametrize("recipe", list(CASES))
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, recipe):
-    module, config_cls, extra = CASES[recipe]
     micro = 2 if recipe != "grpo" else 1
+    _assert_two_processes_equal_one(tmp_path, recipe, CASES[recipe], micro, port=29600 + list(CASES).index(recipe))
+
+
+def test_ppo_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+    """Whitening, the KL controller and early stopping use statistics over both processes, so with greedy
+    rollouts and one minibatch per rollout batch, 2 x 1 prompts train exactly as 1 x 2."""
+    from tunekit.recipes import reward
+
+    reward_dir = tmp_path / "reward"
+    quick = ["train.progress=false", "max_steps=2", "data.synthetic_size=32"]
+    reward.run(load_config(reward.RewardConfig, None, [f"output_dir={reward_dir}", *quick]))
+    extra = [
+        "model.path=tiny-llama",
+        f"reward_model={reward_dir / 'final'}",
+        "data.synthetic_size=16",
+        "data.max_eval_examples=4",
+        "sampling.max_new_tokens=6",
+        "sampling.temperature=0",
+        "sample_every=0",
+        "ppo.minibatches=1",
+        "ppo.epochs=1",
+    ]
+    _assert_two_processes_equal_one(tmp_path, "ppo", extra, micro=1, port=29605)
+
+
+def _assert_two_processes_equal_one(tmp_path, recipe, extra, micro, port):
+    module = importlib.import_module(f"tunekit.recipes.{recipe}")
+    config_cls = {"sft": "SFTConfig", "dpo": "DPOConfig", "grpo": "GRPOConfig", "ppo": "PPOConfig"}[recipe]
     one = module.run(
         load_config(
-            config_cls, None, [f"output_dir={tmp_path / 'one'}", *COMMON, *extra, f"train.micro_batch_size={2 * micro}"]
+            getattr(module, config_cls),
+            None,
+            [f"output_dir={tmp_path / 'one'}", *COMMON, *extra, f"train.micro_batch_size={2 * micro}"],
         )
     )
-    port = 29600 + list(CASES).index(recipe)
     torchrun(recipe, [f"output_dir={tmp_path / 'two'}", *COMMON, *extra, f"train.micro_batch_size={micro}"], port)
     two = read_metrics(tmp_path / "two" / "metrics.jsonl")
     # Written once, by the main process: one line per logged step, no duplicates.
     assert [r["step"] for r in two] == [r["step"] for r in one.history]
     for a, b in zip(one.history, two, strict=True):
-        for key in ("loss", "eval/loss"):
+        for key in ("loss", "eval/loss", "eval/reward"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], abs=1e-5), (key, a["step"])
     w1 = load_file(str(tmp_path / "one" / "final" / "adapter_model.safetensors"))
