@@ -93,6 +93,12 @@ RULES: tuple[Rule, ...] = (
     Rule("rl", "truncated completions (fraction)", r"truncated_fraction"),
     Rule("rl", "policy loss", r"policy_loss"),
     Rule("rl", "value loss", r"value_loss"),
+    Rule("rl", "value clip fraction", r"value_clip_fraction"),
+    Rule("rl", "reward-model score", r"reward_model"),
+    Rule("rl", "reward with the KL penalty (PPO)", r"reward_with_kl_penalty"),
+    Rule("rl", "KL coefficient (PPO)", r"kl_coef"),
+    Rule("rl", "approximate KL(old || new) per minibatch", r"approx_kl"),
+    Rule("rl", "critic explained variance", r"explained_variance"),
     # Anything else a recipe logs is still drawn rather than silently dropped.
     Rule("other", "{name}", r"(?P<name>.+)"),
 )

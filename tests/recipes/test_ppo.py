@@ -82,6 +82,10 @@ def test_loop_runs_with_minibatches_entropy_and_reward_functions(runs, tmp_path)
 
     keys = load_file(str(out / "final" / "adapter_model.safetensors"))
     assert keys and not any("critic" in k or "value_head" in k or "reward" in k for k in keys)
+    # Every PPO metric has its place on the policy-optimisation chart; nothing falls through to "other".
+    charts = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert "rl.png" in charts and "other.png" not in charts, charts
+    assert (out / "plots" / "rl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_early_stop_on_approximate_kl_skips_the_rest_of_the_rollout(runs, tmp_path):
