@@ -55,3 +55,21 @@ def test_masked_mean_ignores_masked_positions():
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     assert masked_mean(values, mask).item() == 2.0
     assert torch.equal(masked_mean(values, mask, dim=1), torch.tensor([1.5, 3.0]))
+
+
+def test_label_cross_entropy_equals_the_shifted_loss_at_label_positions():
+    from tunekit.losses.sft import label_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 11, requires_grad=True)
+    labels = torch.randint(0, 11, (2, 7))
+    labels[0, :3] = IGNORE_INDEX
+    expected, _ = token_cross_entropy(logits, labels)
+    keep = labels[:, 1:] != IGNORE_INDEX
+    got = label_cross_entropy(logits[:, :-1][keep], labels[:, 1:][keep])
+    assert torch.allclose(got, expected, atol=1e-5)
+    (grad_expected,) = torch.autograd.grad(expected, logits)
+    (grad_got,) = torch.autograd.grad(got, logits)
+    assert torch.allclose(grad_got, grad_expected, atol=1e-6)
+    # bf16 logits are computed in fp32.
+    assert label_cross_entropy(logits[:, :-1][keep].bfloat16(), labels[:, 1:][keep]).dtype == torch.float32

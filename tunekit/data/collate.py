@@ -9,6 +9,10 @@ A batch is a dict of tensors:
 - ``num_items``: the number of label tokens, which the runner uses to normalise the loss over a whole
   accumulated step; ``num_tokens``: real (non-padding) tokens, for throughput; ``example_ids``: source rows.
 
+A padding-free batch (:func:`collate_padding_free`) has no padding at all: one row [1, N] of every example end
+to end, ``position_ids`` restarting per example and ``seq_lens`` [n], for models switched to
+:mod:`tunekit.models.varlen` attention, which keeps each example to itself.
+
 Position ids alone do not isolate packed examples in transformers' attention on the CPU; the explicit 4D mask
 does, and gives the same logits as running each example on its own.
 """
@@ -71,6 +75,29 @@ def collate_packed(rows: list[list[Example]], pad_id: int, pad_to_multiple_of: i
     }
 
 
+def collate_padding_free(items: list[Example] | list[list[Example]]) -> dict[str, torch.Tensor]:
+    """Examples (or packed rows of them, flattened) end to end in one row: ``input_ids``, ``labels`` and
+    ``position_ids`` [1, N] with N the real tokens of the batch, ``seq_lens`` [n] the examples' lengths.
+
+    Each example's first label is ignored, so that no example is trained to predict from the one before it.
+    """
+    examples = [e for item in items for e in (item if isinstance(item, list) else [item])]
+    lengths = [len(e.input_ids) for e in examples]
+    input_ids = torch.tensor([t for e in examples for t in e.input_ids], dtype=torch.long)[None]
+    labels = torch.tensor([t for e in examples for t in e.labels], dtype=torch.long)[None]
+    starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
+    labels[0, starts] = IGNORE_INDEX
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "position_ids": torch.cat([torch.arange(n) for n in lengths])[None],
+        "seq_lens": torch.tensor(lengths),
+        "num_items": (labels != IGNORE_INDEX).sum(),
+        "num_tokens": torch.tensor(sum(lengths)),
+        "example_ids": torch.tensor([e.index for e in examples]),
+    }
+
+
 def block_causal_mask(segment: torch.Tensor) -> torch.Tensor:
     """[B, T] segment ids (-1 = padding) -> [B, 1, T, T] bool mask: attend to earlier tokens of the same segment.
 
@@ -91,6 +118,9 @@ def model_inputs(batch: dict[str, torch.Tensor], model: Any) -> dict[str, torch.
     sdpa takes the boolean mask as it is; eager attention adds the mask to its scores, so it gets 0 / -inf.
     """
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    if "seq_lens" in batch:  # padding-free: one example per segment (see tunekit.models.varlen)
+        inputs["segments"] = [(int(n),) for n in batch["seq_lens"].tolist()]
+        return inputs
     mask = inputs["attention_mask"]
     if mask.dim() == 4:
         config = getattr(model, "config", None)

@@ -40,3 +40,19 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
         row = torch.log_softmax(row_logits.float(), dim=-1)
         out.append(torch.gather(row, -1, row_index.unsqueeze(-1)).squeeze(-1))
     return torch.stack(out)
+
+
+def label_log_softmax(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """log softmax(logits)[k, targets[k]] for logits taken at label positions only: [K, V], [K] -> [K] (fp32).
+
+    ``chunk_size`` rows at a time in fp32, as logit[target] - logsumexp(logits): a bf16 model's logits are
+    upcast one chunk at a time, and autograd keeps no log-softmax copy of them.
+    """
+    out = []
+    for start in range(0, targets.numel(), chunk_size):
+        chunk = logits[start : start + chunk_size].float()
+        picked = chunk.gather(-1, targets[start : start + chunk_size, None]).squeeze(-1)
+        out.append(picked - torch.logsumexp(chunk, dim=-1))
+    # No label at all (e.g. every completion masked): an empty result still tied to the graph, so that a loss
+    # built from it can be backpropagated like any other.
+    return torch.cat(out) if out else logits.float().sum(-1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tunekit.losses.reduce import label_log_softmax
+
 IGNORE_INDEX = -100
 
 
@@ -38,3 +40,12 @@ def per_token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch
         logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
     )
     return losses
+
+
+def label_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of logits already taken at label positions only: [K, V], [K] -> scalar (fp32).
+
+    The padding-free counterpart of :func:`token_cross_entropy`: no shifting, no ignored rows, and the logits of
+    positions without a label were never computed.
+    """
+    return -label_log_softmax(logits, targets).sum()

@@ -16,14 +16,15 @@ from typing import Any
 import torch
 
 from tunekit.data import synthetic
-from tunekit.data.collate import collate_examples, collate_packed, model_inputs
+from tunekit.data.collate import collate_examples, collate_packed, collate_padding_free, model_inputs
 from tunekit.data.packing import pack_examples
 from tunekit.data.sft import DataConfig, load_sft_data
 from tunekit.errors import exit_on_user_error
-from tunekit.losses.sft import token_cross_entropy
+from tunekit.losses.sft import label_cross_entropy, token_cross_entropy
+from tunekit.models import varlen
 from tunekit.models.adapters import apply_adapter, check_adapter_use, count_parameters
 from tunekit.models.load import load_model, load_tokenizer
-from tunekit.models.logprobs import causal_lm_logits
+from tunekit.models.logprobs import causal_lm_logits, label_logits
 from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_spec, say, start_run
 from tunekit.train.runner import RunResult, train
 
@@ -35,6 +36,9 @@ class SFTConfig(RecipeConfig):
 
 def sft_step(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Summed next-token loss over the batch's label tokens."""
+    if "seq_lens" in batch:  # padding-free: logits only where there is a label
+        logits, targets, _ = label_logits(model, batch)
+        return label_cross_entropy(logits, targets), {}
     logits = causal_lm_logits(model, model_inputs(batch, model))
     loss_sum, _ = token_cross_entropy(logits, batch["labels"])
     return loss_sum, {}
@@ -65,6 +69,9 @@ def run(
     model = apply_adapter(model, config.model.adapter, gradient_checkpointing=config.model.gradient_checkpointing)
     counts = count_parameters(model)
     say(f"model: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
+    if config.data.padding_free and varlen.enable(model):
+        # Same examples per batch, same loss; no padding, and each example's attention stays its own.
+        collate = collate_padding_free
     spec = run_spec(
         config,
         output_dir,
