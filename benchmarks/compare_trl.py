@@ -21,10 +21,12 @@ import platform
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's tunekit, whatever else is installed: the benchmark measures the code beside it.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from workload import SHAPES, model_path, workload  # noqa: E402
 
@@ -37,8 +39,11 @@ def sides_for(recipe: str, trl_checkpointing: bool) -> list[tuple[str, str, dict
     speed for memory, so it is off unless asked for, like tunekit's."""
     trl = {"gradient_checkpointing": trl_checkpointing}
     if recipe == "sft":
+        # Packing changes what a step holds (8 rows of up to max_length tokens rather than 8 examples), so each
+        # side runs both ways, and each packed side is compared with the other's packed side too.
         return [
-            ("tunekit", "tunekit", {}),
+            ("tunekit", "tunekit", {"packing": False}),
+            ("tunekit-packing", "tunekit", {"packing": True}),
             ("trl", "trl", {**trl, "packing": False}),
             ("trl-packing", "trl", {**trl, "packing": True}),
         ]
@@ -48,7 +53,9 @@ def sides_for(recipe: str, trl_checkpointing: bool) -> list[tuple[str, str, dict
 class Worker:
     """A side's process and its protocol pipe."""
 
-    def __init__(self, name: str, side: str, setting: dict, args: argparse.Namespace, work_json: str, root: Path):
+    def __init__(
+        self, name: str, side: str, setting: dict, schedule: Schedule, work_json: str, root: Path, threads: int | None
+    ):
         self.name = name
         self.log_path = root / f"{name}.log"
         command = [
@@ -57,14 +64,17 @@ class Worker:
             f"--side={side}",
             f"--setting={json.dumps(setting)}",
             f"--workload={work_json}",
-            f"--warmup={args.warmup}",
-            f"--window={args.window}",
-            f"--windows={args.windows}",
+            f"--warmup={schedule.warmup}",
+            f"--window={schedule.window}",
+            f"--windows={schedule.windows}",
             f"--output-dir={root / name}",
         ]
         self.log = self.log_path.open("w")
+        env = dict(os.environ)
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
         self.proc = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1, env=env
         )
         self.windows: list[dict[str, Any]] = []
         self.peak_memory_mb = 0.0
@@ -99,47 +109,78 @@ class Worker:
         self.log.close()
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Schedule:
+    """Untimed warm-up steps, then ``windows`` timed windows of ``window`` steps for every side."""
+
+    warmup: int
+    window: int
+    windows: int
+
+
+def schedule_for(args: argparse.Namespace, recipe: str) -> Schedule:
+    steps = args.steps or DEFAULT_STEPS[recipe]
+    windows = max(1, min(args.windows, steps))
+    return Schedule(args.warmup, -(-steps // windows), windows)
+
+
+def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Every recipe of ``args.recipe``: its sides' figures, summarised (see :func:`summarise`)."""
+    model = args.model or str(model_path(args.shape))
+    works = {recipe: workload(recipe, model, args.precision, args.device, rows=args.rows) for recipe in args.recipes}
+    roots = {r: Path(tempfile.mkdtemp(prefix=f"compare-trl-{r}-", dir=args.work_dir)) for r in args.recipes}
+    workers: dict[str, list[Worker]] = {recipe: [] for recipe in args.recipes}
+    results = {}
+    try:
+        # All started together: warm-up (imports, loading, first steps) is never timed, and every worker waits at
+        # its gate until the driver lets it run a window.
+        for recipe in args.recipes:
+            for name, side, setting in sides_for(recipe, args.trl_gradient_checkpointing):
+                say(args, f"{recipe}: starting {name} ({setting or 'defaults'}), warm-up of {args.warmup} steps")
+                schedule = schedule_for(args, recipe)
+                worker = Worker(name, side, setting, schedule, works[recipe].to_json(), roots[recipe], args.threads)
+                workers[recipe].append(worker)
+        for recipe in args.recipes:
+            matmul = alternate(args, recipe, workers[recipe])
+            results[recipe] = summarise(args, recipe, works[recipe].to_json(), workers[recipe], matmul)
+            results[recipe]["logs"] = str(roots[recipe])
+    finally:
+        for worker in (w for group in workers.values() for w in group):
+            worker.close()
+    return results
+
+
+def alternate(args: argparse.Namespace, recipe: str, workers: list[Worker]) -> list[float]:
+    """Run the timed windows, one side at a time, the order reversed every other round; for SFT, measure a plain
+    matmul after each round. Returns the matmul FLOP/s measured."""
     from flops import matmul_flops_per_s
 
-    model = args.model or str(model_path(args.shape))
-    work = workload(args.recipe, model, args.precision, args.device, rows=args.rows)
-    root = Path(tempfile.mkdtemp(prefix=f"compare-trl-{args.recipe}-", dir=args.work_dir))
-    workers: list[Worker] = []
+    schedule = schedule_for(args, recipe)
     matmul: list[float] = []
-    try:
-        # Started one after the other, so that warm-up (imports, loading, first steps) never overlaps.
-        for name, side, setting in sides_for(args.recipe, args.trl_gradient_checkpointing):
-            say(args, f"starting {name} ({setting or 'defaults'}): warm-up of {args.warmup} steps")
-            worker = Worker(name, side, setting, args, work.to_json(), root)
-            workers.append(worker)
-            worker.read("boundary")
-        for round_index in range(args.windows):
-            order = workers if round_index % 2 == 0 else workers[::-1]
-            for worker in order:
-                worker.command("go")
-                window = worker.read("boundary")
-                worker.windows.append(window)
-                say(args, f"round {round_index + 1}/{args.windows} {worker.name}: {rate(window, args.recipe):.4g}")
-            if args.recipe == "sft":
-                matmul.append(matmul_flops_per_s(args.precision, args.device, seconds=args.matmul_seconds))
-        for worker in workers:
-            done = worker.read("done")
-            worker.losses = done["losses"]
-            worker.proc.wait(timeout=120)
-    finally:
-        for worker in workers:
-            worker.close()
-    result = summarise(args, work.to_json(), workers, matmul)
-    result["logs"] = str(root)
-    return result
+    for worker in workers:
+        worker.read("boundary")
+    for round_index in range(schedule.windows):
+        order = workers if round_index % 2 == 0 else workers[::-1]
+        for worker in order:
+            worker.command("go")
+            window = worker.read("boundary")
+            worker.windows.append(window)
+            say(args, f"{recipe} round {round_index + 1}/{schedule.windows} {worker.name}: {rate(window):.4g}")
+        if recipe == "sft":
+            matmul.append(matmul_flops_per_s(args.precision, args.device, args.matmul_seconds, threads=args.threads))
+    for worker in workers:
+        worker.losses = worker.read("done")["losses"]
+        worker.proc.wait(timeout=120)
+    return matmul
 
 
-def rate(window: dict[str, Any], recipe: str) -> float:
+def rate(window: dict[str, Any]) -> float:
     return window["units"] / window["seconds"]
 
 
-def summarise(args: argparse.Namespace, work_json: str, workers: list[Worker], matmul: list[float]) -> dict:
+def summarise(
+    args: argparse.Namespace, recipe: str, work_json: str, workers: list[Worker], matmul: list[float]
+) -> dict:
     sides: dict[str, dict[str, Any]] = {}
     peak_matmul = sorted(matmul)[len(matmul) // 2] if matmul else None
     for worker in workers:
@@ -148,43 +189,58 @@ def summarise(args: argparse.Namespace, work_json: str, workers: list[Worker], m
         flops = sum(w.get("flops", 0.0) for w in worker.windows)
         entry = {
             "throughput": units / seconds,
-            "unit": UNITS[args.recipe],
+            "unit": UNITS[recipe],
             "seconds": seconds,
             "steps": sum(w["steps"] for w in worker.windows),
             "units": units,
             "real_tokens": sum(w["tokens"] for w in worker.windows),
-            "window_throughputs": [rate(w, args.recipe) for w in worker.windows],
+            "window_throughputs": [rate(w) for w in worker.windows],
             "peak_memory_mb": worker.peak_memory_mb,
             "final_loss": worker.losses[-1] if worker.losses else None,
             "losses": worker.losses,
         }
-        if args.recipe == "sft":
+        if recipe == "sft":
             entry["model_flops_per_s"] = flops / seconds
             entry["mfu"] = flops / seconds / peak_matmul if peak_matmul else None
         sides[worker.name] = entry
-    ours = sides["tunekit"]
-    trl_names = [name for name in sides if name != "tunekit"]
-    best = max(trl_names, key=lambda name: sides[name]["throughput"])
-    ratios: dict[str, Any] = {"best_trl": best}
-    for name in trl_names:
-        ratios[f"throughput_vs_{name}"] = ours["throughput"] / sides[name]["throughput"]
-        ratios[f"memory_vs_{name}"] = ours["peak_memory_mb"] / sides[name]["peak_memory_mb"]
-    ratios["throughput_vs_best_trl"] = ratios[f"throughput_vs_{best}"]
-    ratios["memory_vs_best_trl"] = ratios[f"memory_vs_{best}"]
+    ratios = compare(sides)
+    schedule = schedule_for(args, recipe)
     return {
-        "recipe": args.recipe,
+        "recipe": recipe,
         "precision": args.precision,
         "device": args.device,
         "model": args.model or args.shape,
         "workload": json.loads(work_json),
-        "warmup_steps": args.warmup,
-        "window_steps": args.window,
-        "windows": args.windows,
+        "warmup_steps": schedule.warmup,
+        "window_steps": schedule.window,
+        "windows": schedule.windows,
         "matmul_flops_per_s": peak_matmul,
         "sides": sides,
         "ratios": ratios,
         "machine": machine(args.device),
         "versions": versions(),
+    }
+
+
+def compare(sides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """tunekit / TRL throughput and peak memory: every tunekit side against every TRL side, and the fastest of
+    each against the fastest of the other (the issue's measure: TRL's faster setting counts)."""
+    ours = [name for name in sides if name.startswith("tunekit")]
+    theirs = [name for name in sides if not name.startswith("tunekit")]
+    best_ours = max(ours, key=lambda name: sides[name]["throughput"])
+    best_theirs = max(theirs, key=lambda name: sides[name]["throughput"])
+
+    def ratio(a: str, b: str) -> dict[str, float]:
+        return {
+            "throughput": sides[a]["throughput"] / sides[b]["throughput"],
+            "peak_memory": sides[a]["peak_memory_mb"] / sides[b]["peak_memory_mb"],
+        }
+
+    return {
+        "best_tunekit": best_ours,
+        "best_trl": best_theirs,
+        "best": ratio(best_ours, best_theirs),
+        "pairs": {f"{a} / {b}": ratio(a, b) for a in ours for b in theirs},
     }
 
 
@@ -225,24 +281,25 @@ def print_table(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
         f"{result['windows']} windows of {result['window_steps']} steps per side, alternating",
         file=out,
     )
-    header = f"{'side':<14}{unit:>16}{'peak MB':>10}{'final loss':>12}"
+    header = f"{'side':<16}{unit:>16}{'peak MB':>10}{'final loss':>12}"
     if result["recipe"] == "sft":
         header += f"{'MFU':>8}"
     print(header, file=out)
     for name, side in result["sides"].items():
         loss = "-" if side["final_loss"] is None else f"{side['final_loss']:.4f}"
-        row = f"{name:<14}{side['throughput']:>16.4g}{side['peak_memory_mb']:>10.0f}{loss:>12}"
+        row = f"{name:<16}{side['throughput']:>16.4g}{side['peak_memory_mb']:>10.0f}{loss:>12}"
         if result["recipe"] == "sft" and side.get("mfu") is not None:
             row += f"{side['mfu']:>8.1%}"
         print(row, file=out)
     ratios = result["ratios"]
-    for name in result["sides"]:
-        if name != "tunekit":
-            print(
-                f"tunekit / {name}: {ratios[f'throughput_vs_{name}']:.2f}x throughput, "
-                f"{ratios[f'memory_vs_{name}']:.2f}x peak memory",
-                file=out,
-            )
+    for pair, ratio in ratios["pairs"].items():
+        print(f"{pair}: {ratio['throughput']:.2f}x throughput, {ratio['peak_memory']:.2f}x peak memory", file=out)
+    best = ratios["best"]
+    print(
+        f"fastest ({ratios['best_tunekit']}) / fastest TRL ({ratios['best_trl']}): {best['throughput']:.2f}x "
+        f"throughput, {best['peak_memory']:.2f}x peak memory",
+        file=out,
+    )
     if result["matmul_flops_per_s"]:
         print(f"plain matmul: {result['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s ({result['precision']})", file=out)
 
@@ -254,7 +311,11 @@ def say(args: argparse.Namespace, text: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", choices=sorted(UNITS), required=True)
+    parser.add_argument(
+        "--recipe",
+        required=True,
+        help="sft, dpo or grpo, or several separated by commas (their workers start together)",
+    )
     parser.add_argument("--steps", type=int, help="timed steps per side (default: sft 12, dpo 8, grpo 8)")
     parser.add_argument("--windows", type=int, default=4, help="alternating windows the timed steps split into")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side before the first window")
@@ -267,23 +328,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, help="read only the first ROWS rows of the data (quick runs)")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off otherwise")
     parser.add_argument("--matmul-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads of each side (default: torch's, one per core); tiny shapes want 1"
+    )
     parser.add_argument("--work-dir", help="where run directories and worker logs go (default: a temp dir)")
-    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--json", help="also write the figures to this file (keyed by recipe if several)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    steps = args.steps or DEFAULT_STEPS[args.recipe]
-    args.windows = max(1, min(args.windows, steps))
-    args.window = -(-steps // args.windows)
+    args.recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
+    unknown = [r for r in args.recipes if r not in UNITS]
+    if unknown or not args.recipes or args.warmup < 1:
+        parser.error(f"--recipe takes {', '.join(sorted(UNITS))} (got {args.recipe!r}); --warmup at least 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Runs the comparison; returns one recipe's figures, or {recipe: figures} for several."""
     args = parse_args(argv)
-    result = run(args)
-    print_table(result)
+    results = run(args)
+    for result in results.values():
+        print_table(result)
+    out = results[args.recipes[0]] if len(args.recipes) == 1 else results
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return out
 
 
 if __name__ == "__main__":

@@ -61,10 +61,15 @@ def sft_step_flops(dims: Dims, lengths: list[int], label_tokens: int) -> float:
     return float(linear + head + attention)
 
 
-def matmul_flops_per_s(precision: str, device: str, seconds: float = 2.0, size: int = 2048) -> float:
-    """FLOP/s of a plain [size, size] x [size, size] matmul in ``precision`` on ``device`` (best of a few runs)."""
+def matmul_flops_per_s(
+    precision: str, device: str, seconds: float = 2.0, size: int = 2048, threads: int | None = None
+) -> float:
+    """FLOP/s of a plain [size, size] x [size, size] matmul in ``precision`` on ``device`` (best of a few runs),
+    on ``threads`` CPU threads (default: torch's)."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     if device == "cuda":
         size = max(size, 8192)

@@ -16,7 +16,8 @@ import sys
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's tunekit, whatever else is installed: the benchmark measures the code beside it.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from gate import Gate, open_protocol, peak_memory_mb  # noqa: E402
 from workload import Workload  # noqa: E402
@@ -32,6 +33,10 @@ def main() -> None:
     parser.add_argument("--windows", type=int, required=True)
     parser.add_argument("--output-dir", required=True)
     args = parser.parse_args()
+    if os.environ.get("OMP_NUM_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     proto = open_protocol()
     work = Workload.from_json(args.workload)
     setting = json.loads(args.setting)
