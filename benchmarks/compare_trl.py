@@ -140,6 +140,10 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 schedule = schedule_for(args, recipe)
                 worker = Worker(name, side, setting, schedule, works[recipe].to_json(), roots[recipe], args.threads)
                 workers[recipe].append(worker)
+        # Nothing is timed until every worker of every recipe has finished its warm-up: a worker still warming
+        # up would take cores from the windows being timed.
+        for worker in (w for group in workers.values() for w in group):
+            worker.read("boundary")
         for recipe in args.recipes:
             matmul = alternate(args, recipe, workers[recipe])
             results[recipe] = summarise(args, recipe, works[recipe].to_json(), workers[recipe], matmul)
@@ -157,8 +161,6 @@ def alternate(args: argparse.Namespace, recipe: str, workers: list[Worker]) -> l
 
     schedule = schedule_for(args, recipe)
     matmul: list[float] = []
-    for worker in workers:
-        worker.read("boundary")
     for round_index in range(schedule.windows):
         order = workers if round_index % 2 == 0 else workers[::-1]
         for worker in order:

@@ -18,7 +18,9 @@ from tunekit.config import load_config
 from tunekit.train.log import read_metrics
 
 CASES = {
+    "pretrain": ["data.synthetic_size=48", "data.eval_fraction=0.1"],
     "sft": ["data.synthetic_size=48", "data.eval_fraction=0.1"],
+    "reward": ["data.synthetic_size=48", "data.eval_fraction=0.1"],
     "dpo": ["data.synthetic_size=48", "data.eval_fraction=0.1"],
     "grpo": [
         "model.path=tiny-llama",
@@ -82,7 +84,14 @@ def test_ppo_two_processes_equal_one_with_the_same_global_batch(tmp_path):
 
 def _assert_two_processes_equal_one(tmp_path, recipe, extra, micro, port):
     module = importlib.import_module(f"tunekit.recipes.{recipe}")
-    config_cls = {"sft": "SFTConfig", "dpo": "DPOConfig", "grpo": "GRPOConfig", "ppo": "PPOConfig"}[recipe]
+    config_cls = {
+        "pretrain": "PretrainConfig",
+        "sft": "SFTConfig",
+        "reward": "RewardConfig",
+        "dpo": "DPOConfig",
+        "grpo": "GRPOConfig",
+        "ppo": "PPOConfig",
+    }[recipe]
     one = module.run(
         load_config(
             getattr(module, config_cls),
@@ -95,7 +104,7 @@ def _assert_two_processes_equal_one(tmp_path, recipe, extra, micro, port):
     # Written once, by the main process: one line per logged step, no duplicates.
     assert [r["step"] for r in two] == [r["step"] for r in one.history]
     for a, b in zip(one.history, two, strict=True):
-        for key in ("loss", "eval/loss", "eval/reward"):
+        for key in ("loss", "eval/loss", "eval/reward", "eval/accuracy"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], abs=1e-5), (key, a["step"])
     w1 = load_file(str(tmp_path / "one" / "final" / "adapter_model.safetensors"))

@@ -25,9 +25,13 @@ class PretrainConfig(sft.SFTConfig):
     data: DataConfig = field(default_factory=_text_data)
 
 
-def main(argv: list[str] | None = None) -> RunResult:
-    config = parse_args(PretrainConfig, argv, "pretrain", __doc__)
+def run(config: PretrainConfig) -> RunResult:
+    """Train per ``config``; data.path "synthetic" means the embedded text corpus."""
     return sft.run(config, synthetic_rows=synthetic.text_corpus)
+
+
+def main(argv: list[str] | None = None) -> RunResult:
+    return run(parse_args(PretrainConfig, argv, "pretrain", __doc__))
 
 
 if __name__ == "__main__":
