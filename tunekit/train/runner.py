@@ -400,13 +400,19 @@ def _evaluate(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn, accelerato
         world, rank, size = accelerator.num_processes, accelerator.process_index, spec.train.micro_batch_size
         loss_total, items = 0.0, 0.0
         sums: dict[str, float] = {}
-        mine = list(range(rank * size, len(spec.eval_items), world * size))
+        rounds = -(-len(spec.eval_items) // (world * size))
         with torch.no_grad(), accelerator.autocast():
-            for start in mine:
-                batch = _to_device(spec.collate(list(spec.eval_items[start : start + size])), accelerator.device)
+            for round_index in range(rounds):
+                start = (round_index * world + rank) * size
+                # Every process runs the same number of forwards: under DDP (buffer broadcast), FSDP and ZeRO-3
+                # (weight gathers) a forward is a collective. A process whose share has run out repeats the first
+                # batch and counts nothing of it.
+                counts = start < len(spec.eval_items)
+                chunk = spec.eval_items[start : start + size] if counts else spec.eval_items[:size]
+                batch = _to_device(spec.collate(list(chunk)), accelerator.device)
                 loss_sum, metrics = step_fn(model, batch)
-                weight = float(batch["num_items"])
-                loss_total += float(loss_sum)
+                weight = float(batch["num_items"]) if counts else 0.0
+                loss_total += float(loss_sum) if counts else 0.0
                 items += weight
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * weight
