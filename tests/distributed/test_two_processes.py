@@ -36,8 +36,8 @@ CASES = {
 COMMON = ["train.progress=false", "max_steps=3", "train.lr=1e-1", "train.eval_every=3", "train.optimizer=sgd"]
 
 
-def torchrun(recipe, args, port):
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+def torchrun(recipe, args, port, engine_env=None):
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1", **(engine_env or {})}
     cmd = [
         sys.executable,
         "-m",
@@ -52,6 +52,7 @@ def torchrun(recipe, args, port):
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
 
 
 @pytest.mark.parametrize("recipe", list(CASES))
@@ -82,7 +83,7 @@ def test_ppo_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     _assert_two_processes_equal_one(tmp_path, "ppo", extra, micro=1, port=29605)
 
 
-def _assert_two_processes_equal_one(tmp_path, recipe, extra, micro, port):
+def _assert_two_processes_equal_one(tmp_path, recipe, extra, micro, port, engine_env=None, engine="DDP on cpu"):
     module = importlib.import_module(f"tunekit.recipes.{recipe}")
     config_cls = {
         "pretrain": "PretrainConfig",
@@ -99,7 +100,8 @@ def _assert_two_processes_equal_one(tmp_path, recipe, extra, micro, port):
             [f"output_dir={tmp_path / 'one'}", *COMMON, *extra, f"train.micro_batch_size={2 * micro}"],
         )
     )
-    torchrun(recipe, [f"output_dir={tmp_path / 'two'}", *COMMON, *extra, f"train.micro_batch_size={micro}"], port)
+    two_args = [f"output_dir={tmp_path / 'two'}", *COMMON, *extra, f"train.micro_batch_size={micro}"]
+    assert f"{engine}, 2 processes" in torchrun(recipe, two_args, port, engine_env)
     two = read_metrics(tmp_path / "two" / "metrics.jsonl")
     # Written once, by the main process: one line per logged step, no duplicates.
     assert [r["step"] for r in two] == [r["step"] for r in one.history]
@@ -114,6 +116,17 @@ def _assert_two_processes_equal_one(tmp_path, recipe, extra, micro, port):
 
 
 def test_a_two_process_run_resumes_from_its_own_checkpoint(tmp_path):
+    _assert_resumes(tmp_path, [], port=29610)
+
+
+def test_a_zero3_run_resumes_from_its_own_gathered_checkpoint(tmp_path):
+    """ZeRO-3's checkpoint gathers the sharded adapter; moments are not kept under sharding, so plain SGD (which
+    has none) must resume exactly."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is the optional extra tunekit[deepspeed]")
+    _assert_resumes(tmp_path, ["train.optimizer=sgd"], port=29612, engine_env=ZERO[3])
+
+
+def _assert_resumes(tmp_path, extra, port, engine_env=None):
     args = [
         "train.progress=false",
         "train.lr=1e-2",
@@ -123,16 +136,45 @@ def test_a_two_process_run_resumes_from_its_own_checkpoint(tmp_path):
         "train.save_every=2",
         "train.keep_checkpoints=0",
         "max_steps=4",
+        *extra,
     ]
-    torchrun("sft", [f"output_dir={tmp_path / 'full'}", *args], 29610)
+    torchrun("sft", [f"output_dir={tmp_path / 'full'}", *args], port, engine_env)
     import shutil
 
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step-4")
     shutil.rmtree(tmp_path / "cut" / "final")
-    torchrun("sft", [f"output_dir={tmp_path / 'cut'}", *args, "resume=auto"], 29611)
+    torchrun("sft", [f"output_dir={tmp_path / 'cut'}", *args, "resume=auto"], port + 1, engine_env)
     assert [r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")] == [1, 2, 3, 4]
     a = load_file(str(tmp_path / "full" / "final" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "final" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and a
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
+
+
+# DeepSpeed ZeRO on the CPU: accelerate's own variables (what `accelerate launch --config_file
+# recipes/accelerate/deepspeed-zero*.yaml` sets), DeepSpeed's CPU accelerator, gloo.
+ZERO = {
+    2: {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"},
+    3: {
+        "ACCELERATE_USE_DEEPSPEED": "true",
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+        "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true",
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "recipe, stage",
+    [("sft", 2), ("sft", 3), ("dpo", 3), ("grpo", 3)],
+    ids=["sft-zero2", "sft-zero3", "dpo-zero3", "grpo-zero3"],
+)
+def test_deepspeed_zero_two_processes_equal_one(tmp_path, recipe, stage):
+    """ZeRO-3 shards the base and the adapters: DPO's reference pass (adapter off) and GRPO's generation run on
+    gathered weights, and every process must take part in each gather."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is the optional extra tunekit[deepspeed]")
+    micro = 2 if recipe != "grpo" else 1
+    port = 29620 + 4 * stage + ["sft", "dpo", "grpo"].index(recipe)
+    engine = f"DeepSpeed ZeRO-{stage} on cpu"
+    _assert_two_processes_equal_one(tmp_path, recipe, CASES[recipe], micro, port, ZERO[stage], engine)

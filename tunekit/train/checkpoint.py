@@ -56,12 +56,15 @@ def save_checkpoint(
     output_dir: Path,
     step: int,
     trainable: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     scheduler: Any,
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Write checkpoint ``step`` atomically, then prune to the newest ``keep`` complete ones (0 keeps all)."""
+    """Write checkpoint ``step`` atomically, then prune to the newest ``keep`` complete ones (0 keeps all).
+
+    ``optimizer`` None leaves its state out (a sharded run, whose moments are split across processes).
+    """
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
@@ -70,7 +73,8 @@ def save_checkpoint(
     tmp.mkdir()
     # safetensors refuses tensors that share storage; detached contiguous copies are always safe.
     save_file({k: v.detach().contiguous().clone() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     full_state = {**state, "step": step, "rng": capture_rng()}
     (tmp / "state.json").write_text(json.dumps(full_state))
@@ -87,7 +91,8 @@ def save_checkpoint(
 def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any
 ) -> dict[str, Any]:
-    """Restore weights, optimizer (unless None), scheduler and RNG from ``path``; returns its state.json."""
+    """Restore weights, optimizer (unless None, or saved without one by a sharded run), scheduler and RNG from
+    ``path``; returns its state.json."""
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [k for k in weights if k not in params]
@@ -96,9 +101,13 @@ def load_checkpoint(
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    if optimizer is not None:
+    if optimizer is not None and (path / "optimizer.pt").exists():
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    # The rate the schedule last set lives in the optimizer's groups, which a sharded resume does not restore:
+    # without this its first step would run at the schedule's starting rate.
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+        group["lr"] = lr
     state = json.loads((path / "state.json").read_text())
     restore_rng(state["rng"])
     return state

@@ -27,12 +27,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from accelerate.utils import DistributedType
 
 from tunekit.config import save_config
 from tunekit.errors import ConfigError, UserError
 from tunekit.train.charts import write_run_charts
 from tunekit.train.checkpoint import load_checkpoint, save_checkpoint
+from tunekit.train.engines import (
+    configure_deepspeed,
+    describe,
+    full_tensors,
+    global_sum,
+    is_sharded,
+    make_accelerator,
+    micro_batch,
+)
 from tunekit.train.log import MetricsLog, Progress
 from tunekit.train.rundir import check_room_for_checkpoints
 from tunekit.train.signals import PREEMPTED_EXIT_CODE, StopSignal
@@ -170,8 +178,10 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 on the CPU")
     resume_from = spec.resume_from
-    accelerator = _make_accelerator(cfg.mixed_precision)
+    accelerator = make_accelerator(cfg.mixed_precision)
     world = accelerator.num_processes
+    if world > 1:
+        accelerator.print(f"{describe(accelerator)}, {world} processes")
     per_step = cfg.micro_batch_size * world * cfg.grad_accum_steps
     data_steps_per_epoch = len(spec.items) // per_step
     steps_per_epoch = data_steps_per_epoch * spec.passes_per_batch
@@ -192,7 +202,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
     start_step = 0
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    sharded = is_sharded(accelerator)
     if resume_from is not None:
         # Under FSDP/ZeRO the optimizer's moments are sharded per process; a checkpoint holds gathered weights,
         # and the moments start afresh (see docs/multi-gpu.md).
@@ -202,6 +212,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             accelerator.print(
                 "resuming a sharded run: weights, schedule and data position restored; optimizer moments reset"
             )
+    configure_deepspeed(accelerator, cfg.micro_batch_size, cfg.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     # FSDP2 replaces parameters with sharded ones while wrapping, so they are looked up again by name.
     trainable = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if n in trainable_names}
@@ -219,14 +230,15 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
 
     def checkpoint(step: int) -> None:
         accelerator.wait_for_everyone()
-        weights = _full_tensors(trainable)  # a collective under FSDP: every process takes part
+        weights = full_tensors(accelerator, trainable)  # a collective when sharded: every process takes part
         if accelerator.is_main_process:
             epoch = step / steps_per_epoch
             save_checkpoint(
                 out,
                 step,
                 weights,
-                optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                # A sharded run's moments are split across processes and never restored (see above).
+                None if sharded else (optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer),
                 scheduler,
                 {"epoch": epoch, **spec.extra_state},
                 cfg.keep_checkpoints,
@@ -265,12 +277,12 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             batches = prepared if spec.select is None else spec.select(prepared, step % spec.passes_per_batch)
             skipped = not batches
             model.train()
-            step_items = _global_sum(accelerator, sum(float(b["num_items"]) for b in batches))
+            step_items = global_sum(accelerator, sum(float(b["num_items"]) for b in batches))
             loss_total = torch.zeros((), device=accelerator.device)
             sums: dict[str, float] = {}
             for k, batch in enumerate(batches):
                 last = k == len(batches) - 1
-                with _maybe_no_sync(accelerator, model, not last), accelerator.autocast():
+                with micro_batch(accelerator, model, last), accelerator.autocast():
                     loss_sum, metrics = step_fn(model, batch)
                     # DDP averages gradients over processes; multiplying by world undoes that average so the
                     # result is the mean over every unit of the global step.
@@ -284,7 +296,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             grad_norm = accelerator.clip_grad_norm_(
                 model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
             )
-            loss_mean = _global_sum(accelerator, float(loss_total)) / max(step_items, 1.0)
+            loss_mean = global_sum(accelerator, float(loss_total)) / max(step_items, 1.0)
             finite = math.isfinite(loss_mean) and math.isfinite(float(grad_norm))
             if finite:
                 optimizer.step()
@@ -311,8 +323,8 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                     "loss": loss_mean,
                     "lr": scheduler.get_last_lr()[0],
                     "grad_norm": float(grad_norm),
-                    "tokens_per_s": _global_sum(accelerator, window_tokens) / max(elapsed, 1e-9),
-                    **{k: _global_sum(accelerator, v) / max(step_items, 1.0) for k, v in sorted(sums.items())},
+                    "tokens_per_s": global_sum(accelerator, window_tokens) / max(elapsed, 1e-9),
+                    **{k: global_sum(accelerator, v) / max(step_items, 1.0) for k, v in sorted(sums.items())},
                 }
                 if skipped:
                     del record["loss"], record["grad_norm"]
@@ -363,24 +375,6 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     return RunResult(out, step, history)
 
 
-def _make_accelerator(mixed_precision: str) -> Any:
-    """An Accelerator; in a single process, several runs with different precisions may follow each other.
-
-    accelerate keeps one process-wide state and refuses a second precision; outside a distributed launch that
-    state holds nothing worth keeping between runs, so it is reset.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
-    try:
-        return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
-    except ValueError:
-        if PartialState().num_processes > 1:
-            raise
-        AcceleratorState._reset_state(reset_partial_state=True)
-        return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
-
-
 def _save_final_atomically(save: Callable[[torch.nn.Module, Path], None], model: torch.nn.Module, final: Path) -> None:
     """Write final/ under a temporary name and rename it into place, so a reader never sees half of it."""
     tmp = final.with_name(".final-tmp")
@@ -416,33 +410,15 @@ def _evaluate(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn, accelerato
                 items += weight
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * weight
-        items = _global_sum(accelerator, items)
-        results["eval/loss"] = _global_sum(accelerator, loss_total) / max(items, 1.0)
+        items = global_sum(accelerator, items)
+        results["eval/loss"] = global_sum(accelerator, loss_total) / max(items, 1.0)
         for key, value in sorted(sums.items()):
-            results[f"eval/{key}"] = _global_sum(accelerator, value) / max(items, 1.0)
+            results[f"eval/{key}"] = global_sum(accelerator, value) / max(items, 1.0)
     if spec.evaluate is not None:
         with torch.no_grad():
             results.update({f"eval/{k}": v for k, v in spec.evaluate(accelerator.unwrap_model(model)).items()})
     model.train()
     return results
-
-
-def _full_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Sharded (FSDP2 DTensor) parameters gathered into whole tensors; other tensors as they are."""
-    return {name: t.full_tensor() if hasattr(t, "full_tensor") else t for name, t in tensors.items()}
-
-
-def _global_sum(accelerator: Any, value: float) -> float:
-    if accelerator.num_processes == 1:
-        return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
-    return float(accelerator.reduce(tensor, reduction="sum").item())
-
-
-def _maybe_no_sync(accelerator: Any, model: torch.nn.Module, skip_sync: bool) -> Any:
-    from contextlib import nullcontext
-
-    return accelerator.no_sync(model) if skip_sync and accelerator.num_processes > 1 else nullcontext()
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
