@@ -166,15 +166,17 @@ ZERO = {
 
 
 @pytest.mark.parametrize(
-    "recipe, stage",
-    [("sft", 2), ("sft", 3), ("dpo", 3), ("grpo", 3)],
-    ids=["sft-zero2", "sft-zero3", "dpo-zero3", "grpo-zero3"],
+    "recipe, stage, accumulate",
+    [("sft", 2, 1), ("sft", 3, 2), ("grpo", 3, 1)],
+    ids=["sft-zero2", "sft-zero3-accumulating", "grpo-zero3"],
 )
-def test_deepspeed_zero_two_processes_equal_one(tmp_path, recipe, stage):
-    """ZeRO-3 shards the base and the adapters: DPO's reference pass (adapter off) and GRPO's generation run on
-    gathered weights, and every process must take part in each gather."""
+def test_deepspeed_zero_two_processes_equal_one(tmp_path, recipe, stage, accumulate):
+    """ZeRO-3 shards the base and the adapters: GRPO's generation and its reference pass (adapter off, as DPO's)
+    run on gathered weights, and every process must take part in each gather. With accumulation, DeepSpeed steps
+    only after the last micro-batch of each step."""
     pytest.importorskip("deepspeed", reason="DeepSpeed is the optional extra tunekit[deepspeed]")
-    micro = 2 if recipe != "grpo" else 1
-    port = 29620 + 4 * stage + ["sft", "dpo", "grpo"].index(recipe)
+    micro = 2 if recipe == "sft" and accumulate == 1 else 1
+    extra = [*CASES[recipe], f"train.grad_accum_steps={accumulate}"]
+    port = 29620 + 4 * stage + ["sft", "grpo"].index(recipe)
     engine = f"DeepSpeed ZeRO-{stage} on cpu"
-    _assert_two_processes_equal_one(tmp_path, recipe, CASES[recipe], micro, port, ZERO[stage], engine)
+    _assert_two_processes_equal_one(tmp_path, recipe, extra, micro, port, ZERO[stage], engine)

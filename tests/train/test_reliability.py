@@ -131,6 +131,6 @@ def test_random_kills_always_resume_to_the_uninterrupted_result(tmp_path, tiny_l
     sys.path.insert(0, os.path.dirname(__file__))
     from kill_trials import kill_trials
 
-    report = kill_trials(tmp_path, trials=20, seed=0)
-    assert len(report["resumed_from_step"]) == 20
+    report = kill_trials(tmp_path, trials=10, seed=0)
+    assert len(report["resumed_from_step"]) == 10
     assert report["max_abs_diff"] <= 1e-6, report
