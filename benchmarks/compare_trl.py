@@ -127,7 +127,9 @@ def schedule_for(args: argparse.Namespace, recipe: str) -> Schedule:
 def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Every recipe of ``args.recipe``: its sides' figures, summarised (see :func:`summarise`)."""
     model = args.model or str(model_path(args.shape))
-    works = {recipe: workload(recipe, model, args.precision, args.device, rows=args.rows) for recipe in args.recipes}
+    works = {
+        recipe: workload(recipe, model, args.precision, args.device, args.rows, args.weights) for recipe in args.recipes
+    }
     roots = {r: Path(tempfile.mkdtemp(prefix=f"compare-trl-{r}-", dir=args.work_dir)) for r in args.recipes}
     workers: dict[str, list[Worker]] = {recipe: [] for recipe in args.recipes}
     results = {}
@@ -210,6 +212,7 @@ def summarise(
     return {
         "recipe": recipe,
         "precision": args.precision,
+        "weights": args.weights,
         "device": args.device,
         "model": args.model or args.shape,
         "workload": json.loads(work_json),
@@ -279,7 +282,8 @@ def versions() -> dict[str, str]:
 def print_table(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
     unit = UNITS[result["recipe"]]
     print(
-        f"\n{result['recipe']} ({result['precision']}, {result['device']}, model {result['model']}): "
+        f"\n{result['recipe']} ({result['precision']}, {result['weights']} weights, {result['device']}, model "
+        f"{result['model']}): "
         f"{result['windows']} windows of {result['window_steps']} steps per side, alternating",
         file=out,
     )
@@ -324,6 +328,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument(
+        "--weights",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="stored dtype of the base weights on both sides (bf16 goes with --precision bf16)",
+    )
+    parser.add_argument(
         "--shape", choices=sorted(SHAPES), default="bench", help="model built offline (see workload.py)"
     )
     parser.add_argument("--model", help="a local Hugging Face model directory instead of --shape")
@@ -341,6 +351,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [r for r in args.recipes if r not in UNITS]
     if unknown or not args.recipes or args.warmup < 1:
         parser.error(f"--recipe takes {', '.join(sorted(UNITS))} (got {args.recipe!r}); --warmup at least 1")
+    if args.weights == "bf16" and args.precision != "bf16":
+        parser.error("--weights bf16 goes with --precision bf16")
     return args
 
 

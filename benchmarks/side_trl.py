@@ -94,7 +94,8 @@ def run(work: Workload, setting: dict[str, Any], gate: Gate, output_dir: Path, m
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     tokenizer = AutoTokenizer.from_pretrained(work.model)
-    model = AutoModelForCausalLM.from_pretrained(work.model, dtype=torch.float32)
+    dtype = torch.bfloat16 if work.weights == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(work.model, dtype=dtype)
     peft_config = LoraConfig(
         r=work.lora_r, lora_alpha=work.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
     )

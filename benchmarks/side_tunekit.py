@@ -36,6 +36,7 @@ def config_dict(work: Workload, setting: dict[str, Any], output_dir: Path, max_s
     }
     model = {
         "path": work.model,
+        "dtype": work.weights,
         "gradient_checkpointing": bool(setting.get("gradient_checkpointing", False)),
         "adapter": {"method": "lora", "r": work.lora_r, "alpha": work.lora_alpha, "dropout": 0.0},
     }

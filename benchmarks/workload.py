@@ -75,7 +75,7 @@ class Workload:
 
     recipe: str
     model: str
-    precision: str  # fp32 | bf16 (autocast; the stored weights stay fp32)
+    precision: str  # fp32 | bf16 (autocast)
     device: str
     lr: float
     max_length: int = 512
@@ -88,6 +88,9 @@ class Workload:
     max_new_tokens: int = 64  # GRPO
     rows: int | None = None
     seed: int = 0
+    # Stored dtype of the model's weights (the trained adapters stay fp32): fp32, or bf16 as real checkpoints
+    # ship and as both sides load them when asked to.
+    weights: str = "fp32"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -97,15 +100,15 @@ class Workload:
         return cls(**json.loads(text))
 
 
-def workload(recipe: str, model: str, precision: str, device: str, rows: int | None = None) -> Workload:
+def workload(
+    recipe: str, model: str, precision: str, device: str, rows: int | None = None, weights: str = "fp32"
+) -> Workload:
     """The issue's fixed hyperparameters for ``recipe``."""
-    if recipe == "sft":
-        return Workload(recipe, model, precision, device, lr=2e-4, batch_size=8, rows=rows)
-    if recipe == "dpo":
-        return Workload(recipe, model, precision, device, lr=5e-6, batch_size=4, rows=rows)
-    if recipe == "grpo":
-        return Workload(recipe, model, precision, device, lr=1e-5, batch_size=8, rows=rows)
-    raise ValueError(f"unknown recipe {recipe!r}")
+    settings = {"sft": (2e-4, 8), "dpo": (5e-6, 4), "grpo": (1e-5, 8)}
+    if recipe not in settings:
+        raise ValueError(f"unknown recipe {recipe!r}")
+    lr, batch_size = settings[recipe]
+    return Workload(recipe, model, precision, device, lr=lr, batch_size=batch_size, rows=rows, weights=weights)
 
 
 def sft_data_config(work: Workload, packing: bool) -> dict[str, Any]:

@@ -12,8 +12,9 @@ continuation's position ids go on from the prompt's, so every token sees exactly
 transformers lets a model's attention be swapped by name (its ``AttentionInterface``). :func:`enable` switches a
 model from ``sdpa`` to the attention here, which is ``sdpa`` itself whenever it is not given ``segments``
 (generation, padded batches and every other caller see no difference), and for padding-free batches runs causal
-``sdpa`` on each example's slice of the row. Masks are built as for ``sdpa``, except that a padding-free batch
-gets none: the O(N^2) block-diagonal mask transformers would otherwise build is never needed.
+``sdpa`` on each example's slice of the row (on a GPU, one variable-length flash attention call for the whole
+batch instead: :mod:`tunekit.models.flash_varlen`). Masks are built as for ``sdpa``, except that a padding-free
+batch gets none: the O(N^2) block-diagonal mask transformers would otherwise build is never needed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from tunekit.models import flash_varlen
 
 IMPLEMENTATION = "tunekit_varlen"
 # Decoder-only text models whose attention takes the query/key/value layout, position ids and (sliding window)
@@ -107,6 +110,10 @@ def varlen_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     dropout = dropout if module.training else 0.0
     window = kwargs.get("sliding_window")
+    if dropout == 0.0 and flash_varlen.usable(query):
+        flat = flash_varlen.attention(query, key, value, rows, scaling, window)
+        if flat is not None:
+            return flat, None
     out_rows = []
     per_row = zip(rows, query.split(1), key.split(1), value.split(1), strict=True)
     for row_segments, query_row, key_row, value_row in per_row:
