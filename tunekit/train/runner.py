@@ -42,6 +42,7 @@ from tunekit.train.engines import (
     micro_batch,
 )
 from tunekit.train.log import MetricsLog, Progress
+from tunekit.train.precision import compute
 from tunekit.train.rundir import check_room_for_checkpoints
 from tunekit.train.signals import PREEMPTED_EXIT_CODE, StopSignal
 from tunekit.train.spikes import SpikeDetector
@@ -273,7 +274,8 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             if prepared is None or step % spec.passes_per_batch == 0:
                 prepared = micro_batches(step)
                 if spec.prepare is not None:
-                    prepared = spec.prepare(model, prepared, step)
+                    with compute(accelerator, model):
+                        prepared = spec.prepare(model, prepared, step)
             batches = prepared if spec.select is None else spec.select(prepared, step % spec.passes_per_batch)
             skipped = not batches
             model.train()
@@ -282,7 +284,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             sums: dict[str, float] = {}
             for k, batch in enumerate(batches):
                 last = k == len(batches) - 1
-                with micro_batch(accelerator, model, last), accelerator.autocast():
+                with micro_batch(accelerator, model, last), compute(accelerator, model):
                     loss_sum, metrics = step_fn(model, batch)
                     # DDP averages gradients over processes; multiplying by world undoes that average so the
                     # result is the mean over every unit of the global step.
@@ -395,7 +397,7 @@ def _evaluate(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn, accelerato
         loss_total, items = 0.0, 0.0
         sums: dict[str, float] = {}
         rounds = -(-len(spec.eval_items) // (world * size))
-        with torch.no_grad(), accelerator.autocast():
+        with torch.no_grad(), compute(accelerator, model):
             for round_index in range(rounds):
                 start = (round_index * world + rank) * size
                 # Every process runs the same number of forwards: under DDP (buffer broadcast), FSDP and ZeRO-3
