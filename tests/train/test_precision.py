@@ -42,8 +42,9 @@ def test_adapter_input_casts_are_off_only_inside_mixed_precision():
     model = lora_model(torch.bfloat16)
     layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
     assert layers and all(m.cast_input_dtype_enabled for m in layers)
-    with compute(make_accelerator("bf16"), model):
-        assert torch.is_autocast_enabled("cpu")
+    accelerator = make_accelerator("bf16")
+    with compute(accelerator, model):
+        assert torch.is_autocast_enabled(accelerator.device.type)
         assert not any(m.cast_input_dtype_enabled for m in layers)
     assert all(m.cast_input_dtype_enabled for m in layers)
     with compute(make_accelerator("no"), model):
@@ -51,9 +52,9 @@ def test_adapter_input_casts_are_off_only_inside_mixed_precision():
 
 
 def test_same_logits_and_less_saved_memory_for_bf16_weights():
-    model = lora_model(torch.bfloat16)
-    ids = torch.randint(3, 400, (2, 64))
     accelerator = make_accelerator("bf16")
+    model = lora_model(torch.bfloat16).to(accelerator.device)
+    ids = torch.randint(3, 400, (2, 64), device=accelerator.device)
     plain_logits, plain_bytes = forward_saving(model, ids, accelerator.autocast())
     logits, saved_bytes = forward_saving(model, ids, compute(accelerator, model))
     assert torch.equal(logits, plain_logits)

@@ -1,4 +1,4 @@
-"""Mixed precision for every forward of a run: training steps, rollouts and held-out evaluation alike.
+"""Mixed precision for the training and held-out evaluation forwards of a run.
 
 ``train.mixed_precision`` (bf16 or fp16) runs the model under autocast. peft's adapter layers cast their input to
 the adapter's dtype (fp32) before the adapter's matmuls, which autocast then casts back to half precision: two
