@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -43,16 +45,45 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
 
 
 def label_log_softmax(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
-    """log softmax(logits)[k, targets[k]] for logits taken at label positions only: [K, V], [K] -> [K] (fp32).
+    """log softmax(logits)[k, targets[k]] for logits taken at label positions only: [K, V], [K] -> [K] (fp32, or
+    fp64 for fp64 logits).
 
-    ``chunk_size`` rows at a time in fp32, as logit[target] - logsumexp(logits): a bf16 model's logits are
-    upcast one chunk at a time, and autograd keeps no log-softmax copy of them.
+    ``chunk_size`` rows at a time, a half-precision model's logits upcast one chunk at a time. Autograd keeps only
+    the logits themselves (no log-softmax copy), and the backward is one softmax per chunk: the [K, V] gradient
+    ``g * (onehot - softmax)`` is written once, where autograd's own graph of gather and logsumexp would make
+    several [K, V] passes (zero fills, a subtraction, an exponential, a sum of two gradients).
     """
-    out = []
-    for start in range(0, targets.numel(), chunk_size):
-        chunk = logits[start : start + chunk_size].float()
-        picked = chunk.gather(-1, targets[start : start + chunk_size, None]).squeeze(-1)
-        out.append(picked - torch.logsumexp(chunk, dim=-1))
-    # No label at all (e.g. every completion masked): an empty result still tied to the graph, so that a loss
-    # built from it can be backpropagated like any other.
-    return torch.cat(out) if out else logits.float().sum(-1)
+    if targets.numel() == 0:
+        # No label at all (e.g. every completion masked): an empty result still tied to the graph, so that a loss
+        # built from it can be backpropagated like any other.
+        return _upcast(logits).sum(-1)
+    return _LabelLogSoftmax.apply(logits, targets, chunk_size)
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+class _LabelLogSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        ctx.save_for_backward(logits, targets)
+        ctx.chunk_size = chunk_size
+        out = []
+        for start in range(0, targets.numel(), chunk_size):
+            chunk = _upcast(logits[start : start + chunk_size])
+            picked = torch.log_softmax(chunk, dim=-1).gather(-1, targets[start : start + chunk_size, None])
+            out.append(picked.squeeze(-1))
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, targets = ctx.saved_tensors
+        pieces = []
+        for start in range(0, targets.numel(), ctx.chunk_size):
+            end = start + ctx.chunk_size
+            g = grad[start:end, None]
+            piece = torch.softmax(_upcast(logits[start:end]), dim=-1).mul_(-g)
+            piece.scatter_add_(-1, targets[start:end, None], g)
+            pieces.append(piece.to(logits.dtype))
+        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)), None, None

@@ -55,7 +55,8 @@ def logits_at(
     # No KV cache: a training forward never reuses one.
     inputs = {"input_ids": input_ids, "position_ids": position_ids, "segments": segments, "use_cache": False}
     if _takes_logits_to_keep(model):
-        return model(**inputs, logits_to_keep=positions).logits[0]
+        # squeeze, not [0]: indexing's backward would write the gradient into a zero tensor of the same size.
+        return model(**inputs, logits_to_keep=positions).logits.squeeze(0)
     return model(**inputs).logits[0, positions]
 
 

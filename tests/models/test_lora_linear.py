@@ -1,0 +1,87 @@
+"""The lean LoRA forward computes what peft computes, and hands everything it does not cover back to peft."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from tunekit.models.lora_linear import use_lean_forward
+from tunekit.models.tiny import tiny_model_path
+
+
+def lora_model(dtype: torch.dtype = torch.float32, **options) -> torch.nn.Module:
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path("tiny-llama"), dtype=dtype)
+    config = LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0, **options)
+    model = get_peft_model(base, config)
+    # B starts at zero; give it values so that the adapters take part.
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    return model
+
+
+def run(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and the adapters' gradients of a summed-logits loss."""
+    model.zero_grad(set_to_none=True)
+    logits = model(input_ids=ids).logits
+    logits.float().square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logits.detach().float(), grads
+
+
+def peft_forward(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        module.__dict__.pop("forward", None)
+
+
+@pytest.fixture
+def ids():
+    return torch.randint(3, 400, (2, 48))
+
+
+def test_same_logits_and_gradients_as_peft(ids):
+    model = lora_model()
+    assert use_lean_forward(model) == 4 * 7  # every adapted linear of the 4 layers
+    lean_logits, lean_grads = run(model, ids)
+    peft_forward(model)
+    logits, grads = run(model, ids)
+    torch.testing.assert_close(lean_logits, logits, atol=1e-5, rtol=1e-5)
+    assert lean_grads.keys() == grads.keys() and len(grads) == 2 * 4 * 7
+    for name, grad in grads.items():
+        torch.testing.assert_close(lean_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_disabled_adapters_and_dora_are_peft_unchanged(ids):
+    model = lora_model()
+    use_lean_forward(model)
+    with torch.no_grad(), model.disable_adapter():
+        disabled = model(input_ids=ids).logits
+        plain = model.get_base_model()(input_ids=ids).logits
+    assert torch.equal(disabled, plain)
+
+    dora = lora_model(use_dora=True)
+    with torch.no_grad():
+        expected = dora(input_ids=ids).logits
+        use_lean_forward(dora)
+        assert torch.equal(dora(input_ids=ids).logits, expected)
+
+
+def test_bf16_base_with_fp32_adapters_outside_autocast_is_peft_exactly(ids):
+    model = lora_model(torch.bfloat16)
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        use_lean_forward(model)
+        assert torch.equal(model(input_ids=ids).logits, expected)
+
+
+def test_under_autocast_it_matches_peft_to_bf16_precision(ids):
+    model = lora_model(torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(input_ids=ids).logits.float()
+        use_lean_forward(model)
+        lean = model(input_ids=ids).logits.float()
+    assert lean.dtype == expected.dtype
+    torch.testing.assert_close(lean, expected, atol=0.05, rtol=0.05)
