@@ -55,7 +55,10 @@ def _plain_adapter(layer: Any, args: tuple, kwargs: dict) -> str | None:
     if args or kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return None
     adapter = layer.active_adapters[0]
-    if adapter not in layer.lora_A or adapter in layer.lora_variant:
+    # DoRA and other variants (peft keeps them in lora_variant; older releases flag DoRA in use_dora).
+    if adapter not in layer.lora_A or adapter in getattr(layer, "lora_variant", {}):
+        return None
+    if getattr(layer, "use_dora", {}).get(adapter, False):
         return None
     weight = layer.lora_B[adapter].weight
     if layer.lora_B[adapter].bias is not None or hasattr(weight, "ds_id"):
