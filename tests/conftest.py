@@ -14,6 +14,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Under pytest-xdist (`-n auto`) the workers share the machine's cores: each gets its share of torch threads, and
+# so do the recipe subprocesses it starts (they inherit the variable). Oversubscribed OpenMP threads spin against
+# each other and can run many times slower than the same work done one process at a time.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // _WORKERS))
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
