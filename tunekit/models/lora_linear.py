@@ -35,7 +35,7 @@ def use_lean_forward(model: torch.nn.Module) -> int:
 
 def lean_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """x [..., in_features] -> [..., out_features]: ``base(x) + scaling * lora_B(lora_A(dropout(x)))``."""
-    adapter = _plain_adapter(layer, args, kwargs)
+    adapter = plain_lora_adapter(layer, args, kwargs)
     if adapter is None:
         return type(layer).forward(layer, x, *args, **kwargs)
     lora_a, lora_b = layer.lora_A[adapter], layer.lora_B[adapter]
@@ -50,7 +50,7 @@ def lean_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
     return summed.view(result.shape)
 
 
-def _plain_adapter(layer: Any, args: tuple, kwargs: dict) -> str | None:
+def plain_lora_adapter(layer: Any, args: tuple, kwargs: dict) -> str | None:
     """The one active adapter of ``layer`` if it is plain LoRA that the lean forward computes exactly; else None."""
     if args or kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return None

@@ -2,12 +2,14 @@
 
 A :class:`Rollout` holds G completions for each of P prompts, as N = P * G rows; the completions of prompt p
 are rows ``[p * G, (p + 1) * G)``. Prompts are left-padded so that every completion starts at the same column,
-and completions are right-padded after their EOS. Generation goes through ``transformers``' ``generate`` with
-its KV cache, and stops early once every row has finished.
+and completions are right-padded after their EOS. LLaMA-style models decode through tunekit's own loop
+(:mod:`tunekit.rl.decode`: each prompt prefilled once for its whole group, a preallocated KV cache); other models
+go through ``transformers``' ``generate``. Both stop early once every row has finished.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch
 
 from tunekit.losses.sft import IGNORE_INDEX
 from tunekit.models.reference import unwrap
+from tunekit.rl.decode import Sampler, decode, lean_decoder, packed_linears
 
 
 @dataclass
@@ -71,31 +74,32 @@ def generate_rollout(
     """Sample ``sampling.num_generations`` completions for each prompt."""
     group = sampling.num_generations
     rows = [p for p in prompts for _ in range(group)]
-    width = max(len(p.prompt_ids) for p in rows)
+    width = max(len(p.prompt_ids) for p in prompts)
     pad = tokenizer.pad_token_id
-    prompt_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    prompt_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, p in enumerate(rows):
-        prompt_ids[b, width - len(p.prompt_ids) :] = torch.tensor(p.prompt_ids)
-        prompt_mask[b, width - len(p.prompt_ids) :] = 1
+    prompt_ids, prompt_mask = _left_padded(prompts, width, pad)  # [P, W] each
     device = next(model.parameters()).device
     generator = unwrap(model)
     was_training = generator.training
     generator.eval()
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": sampling.max_new_tokens,
-        "do_sample": sampling.temperature > 0,
-        "pad_token_id": pad,
-        "eos_token_id": tokenizer.eos_token_id,
-        "use_cache": True,
-    }
-    if sampling.temperature > 0:
-        kwargs.update(temperature=sampling.temperature, top_k=sampling.top_k or None, top_p=sampling.top_p)
-    if sampling.stop_strings:
-        kwargs.update(stop_strings=sampling.stop_strings, tokenizer=tokenizer)
-    out = generator.generate(input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device), **kwargs).cpu()
+    lean = lean_decoder(generator, width + sampling.max_new_tokens)
+    if lean is not None:
+        completions = decode(
+            lean,
+            prompt_ids.to(device),
+            prompt_mask.to(device),
+            group,
+            sampling.max_new_tokens,
+            Sampler(sampling.temperature, sampling.top_k, sampling.top_p),
+            tokenizer.eos_token_id,
+            pad,
+            _stop_check(tokenizer, sampling.stop_strings),
+            packed_linears(lean, len(rows)),
+        ).cpu()
+    else:
+        completions = _generate(generator, tokenizer, prompt_ids, prompt_mask, group, sampling)
     generator.train(was_training)
-    completions = out[:, width:]
+    prompt_ids = prompt_ids.repeat_interleave(group, dim=0)
+    prompt_mask = prompt_mask.repeat_interleave(group, dim=0)
     lengths, finished, texts = [], [], []
     for row in completions.tolist():
         text, length, done = _cut(row, tokenizer, sampling.stop_strings)
@@ -121,6 +125,55 @@ def generate_rollout(
         columns=columns,
         prompt_index=[p.index for p in rows],
     )
+
+
+def _left_padded(prompts: list[PromptExample], width: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[P, W] token ids and attention mask of ``prompts``, left-padded to ``width``."""
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p.prompt_ids) :] = torch.tensor(p.prompt_ids)
+        mask[b, width - len(p.prompt_ids) :] = 1
+    return ids, mask
+
+
+def _generate(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    group: int,
+    sampling: SamplingConfig,
+) -> torch.Tensor:
+    """[P, W] prompts -> [N, T] new tokens through ``transformers``' ``generate``, for models the lean loop does not
+    cover (prompt-learning adapters, other attention designs)."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": sampling.max_new_tokens,
+        "do_sample": sampling.temperature > 0,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "use_cache": True,
+    }
+    if sampling.temperature > 0:
+        kwargs.update(temperature=sampling.temperature, top_k=sampling.top_k or None, top_p=sampling.top_p)
+    if sampling.stop_strings:
+        kwargs.update(stop_strings=sampling.stop_strings, tokenizer=tokenizer)
+    device = next(model.parameters()).device
+    ids = prompt_ids.repeat_interleave(group, dim=0).to(device)
+    mask = prompt_mask.repeat_interleave(group, dim=0).to(device)
+    return model.generate(input_ids=ids, attention_mask=mask, **kwargs).cpu()[:, prompt_ids.shape[1] :]
+
+
+def _stop_check(tokenizer: Any, stop_strings: list[str]) -> Callable[[list[int]], bool] | None:
+    """Whether a row's tokens so far contain one of ``stop_strings`` (None when there are none)."""
+    if not stop_strings:
+        return None
+
+    def stopped(tokens: list[int]) -> bool:
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        return any(stop in text for stop in stop_strings)
+
+    return stopped
 
 
 def _cut(tokens: list[int], tokenizer: Any, stop_strings: list[str]) -> tuple[str, int, bool]:

@@ -1,0 +1,164 @@
+"""tunekit's own decoding loop: the tokens of ``generate``, each prompt prefilled once, packed weights that compute
+the layers' own function, and a sampler that draws from the distribution transformers' warpers define."""
+
+import pytest
+import torch
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+from tunekit.models.adapters import AdapterConfig, apply_adapter
+from tunekit.models.load import ModelConfig, load_model
+from tunekit.models.tiny import tiny_model_path
+from tunekit.rl.decode import Sampler, decode, lean_decoder, packed_linears
+
+GROUP, NEW = 3, 10
+
+
+def prompts(tokenizer):
+    """[P, W] left-padded ids and mask of three prompts of different lengths."""
+    texts = ["What is 3 plus 4?", "Name a colour.", "Count from one to five, please, slowly."]
+    encoded = [[tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(e) for e in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        ids[row, width - len(tokens) :] = torch.tensor(tokens)
+        mask[row, width - len(tokens) :] = 1
+    return ids, mask
+
+
+def adapted(name, method="lora"):
+    """A tiny model with a LoRA (or other) adapter whose weights are moved off their zero start."""
+    model = apply_adapter(load_model(ModelConfig(path=str(tiny_model_path(name)))), AdapterConfig(method=method))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.2)
+    return model.eval()
+
+
+def greedy_generate(model, tokenizer, ids, mask):
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids.repeat_interleave(GROUP, dim=0),
+            attention_mask=mask.repeat_interleave(GROUP, dim=0),
+            max_new_tokens=NEW,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=None,
+        )
+    return out[:, ids.shape[1] :]
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-mistral"])
+def test_greedy_tokens_equal_generate(name, tokenizer):
+    model = adapted(name)
+    ids, mask = prompts(tokenizer)
+    lean = lean_decoder(model, ids.shape[1] + NEW)
+    assert lean is not None
+    ours = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), None, tokenizer.pad_token_id)
+    assert ours.shape == (ids.shape[0] * GROUP, NEW)
+    assert torch.equal(ours, greedy_generate(model, tokenizer, ids, mask))
+
+
+def test_packed_weights_compute_each_layer_as_its_module(tokenizer):
+    model = adapted("tiny-llama")
+    table = packed_linears(lean_decoder(model, 64), rows=6)
+    hf = model.get_base_model()
+    # Every projection of every layer, and the head.
+    assert len(table) == 7 * hf.config.num_hidden_layers + 1
+    torch.manual_seed(0)
+    for module, linear in table.items():
+        x = torch.randn(6, module.in_features)
+        with torch.no_grad():
+            torch.testing.assert_close(linear(x), module(x), atol=2e-5, rtol=1e-4)
+
+
+def test_packed_decoding_gives_generate_logits(tokenizer):
+    """With the LoRA update merged into packed weights, the next-token distribution stays the model's own."""
+    model = adapted("tiny-llama")
+    ids, mask = prompts(tokenizer)
+    lean = lean_decoder(model, ids.shape[1] + NEW)
+    rows = ids.shape[0] * GROUP
+    tokens = decode(
+        lean,
+        ids,
+        mask,
+        GROUP,
+        NEW,
+        Sampler(temperature=0),
+        None,
+        tokenizer.pad_token_id,
+        None,
+        packed_linears(lean, rows),
+    )
+    full_ids = torch.cat([ids.repeat_interleave(GROUP, dim=0), tokens], dim=1)
+    full_mask = torch.cat([mask.repeat_interleave(GROUP, dim=0), torch.ones_like(tokens)], dim=1)
+    with torch.no_grad():
+        logits = model(
+            input_ids=full_ids, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)
+        ).logits
+    # Each greedy token is the argmax of the model's own logits at its position (up to a near-tie).
+    chosen = logits[:, ids.shape[1] - 1 : -1].gather(-1, tokens[..., None])[..., 0]
+    assert (logits[:, ids.shape[1] - 1 : -1].max(dim=-1).values - chosen).max() < 1e-4
+
+
+def test_dora_layers_keep_their_own_forward():
+    model = apply_adapter(load_model(ModelConfig()), AdapterConfig(method="dora")).eval()
+    table = packed_linears(lean_decoder(model, 64), rows=4)
+    assert list(table) == [model.get_base_model().lm_head]  # only the plain head is packed
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "llama_adapter"])
+def test_prompt_methods_go_through_generate(method):
+    assert lean_decoder(adapted("tiny-llama", method), 64) is None
+
+
+def test_a_sliding_window_shorter_than_the_rollout_goes_through_generate():
+    model = adapted("tiny-mistral")
+    window = model.get_base_model().config.sliding_window
+    assert lean_decoder(model, window) is not None
+    assert lean_decoder(model, window + 1) is None
+
+
+def test_finished_rows_pad_and_decoding_stops_when_all_have_finished(tokenizer):
+    model = adapted("tiny-llama")
+    ids, mask = prompts(tokenizer)
+    lean = lean_decoder(model, ids.shape[1] + NEW)
+    pad = tokenizer.pad_token_id
+    free = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), None, pad)
+    # Make the second greedy token of prompt 0 the "EOS": its rows end there and pad after it.
+    eos = free[0, 1].item()
+    ended = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), eos, pad)
+    for row in range(free.shape[0]):
+        tokens = free[row].tolist()
+        cut = tokens.index(eos) + 1 if eos in tokens else len(tokens)
+        assert ended[row, :cut].tolist() == tokens[:cut]
+        assert (ended[row, cut:] == pad).all()
+    # A stop check that ends every row after three tokens ends decoding after three steps.
+    stopped = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), None, pad, lambda t: len(t) >= 3)
+    assert torch.equal(stopped, free[:, :3])
+
+
+def test_greedy_sampler_takes_the_argmax():
+    logits = torch.randn(5, 50)
+    assert torch.equal(Sampler(temperature=0)(logits), logits.argmax(-1))
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (5, 1.0), (0, 0.6), (8, 0.8)])
+def test_sampler_draws_from_transformers_warped_distribution(top_k, top_p):
+    torch.manual_seed(0)
+    logits = torch.randn(1, 40) * 2
+    temperature = 0.7
+    warped = logits / temperature
+    if top_k:
+        warped = TopKLogitsWarper(top_k)(None, warped)
+    if top_p < 1:
+        warped = TopPLogitsWarper(top_p)(None, warped)
+    expected = warped.softmax(-1)[0]
+    draws = 40_000
+    sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p)
+    tokens = sampler(logits.expand(draws, -1))
+    counts = torch.bincount(tokens, minlength=40).float() / draws
+    assert (counts[expected == 0] == 0).all()  # never a token the warpers remove
+    torch.testing.assert_close(counts, expected, atol=0.01, rtol=0)

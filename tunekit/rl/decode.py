@@ -1,0 +1,293 @@
+"""tunekit's own decoding loop for LLaMA-style causal LMs: each prompt prefilled once, a preallocated KV cache.
+
+``transformers``' ``generate`` is general, and its generality costs a rollout twice over:
+
+- it prefills every row, so a group of G completions of one prompt runs the prompt through the model G times;
+- its default cache grows by concatenation, copying every layer's keys and values at each new token, and each
+  step goes through the full model forward (mask building, cache dispatch, output bookkeeping).
+
+:func:`decode` prefills the P distinct prompts once through the model's own forward, copies their keys and values
+into a cache sized for the whole rollout (G rows a prompt), and then runs the decoder layers itself, one token a
+step: norms, projections and MLPs are the model's modules (so LoRA, DoRA, IA3 and 4-bit weights behave exactly as
+in training), and only rotary embedding, the cache write and attention are written out here.
+
+That is only valid for models whose attention is exactly LLaMA's (rotary q/k, grouped keys and values, no
+sliding window within the rollout's length) and whose adapters live inside linear layers.
+:func:`lean_decoder` says whether a model qualifies; ``generate_rollout`` falls back to ``generate`` otherwise.
+
+Shapes: P prompts, G completions each, N = P * G rows (prompt p owns rows ``[p * G, (p + 1) * G)``), W prompt
+columns (left-padded), M = max_new_tokens, D the head dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+# Attention classes that compute exactly q/k/v projections, rotary q and k, grouped-query softmax attention and an
+# output projection (projection biases live inside the linear modules).
+_LLAMA_ATTENTION = {"LlamaAttention", "MistralAttention", "Qwen2Attention"}
+# Gated MLPs computing down(act(gate(x)) * up(x)).
+_GATED_MLP = {"LlamaMLP", "MistralMLP", "Qwen2MLP"}
+# peft methods whose changes live inside linear layers; prompt methods change what attention sees.
+_IN_LAYER_ADAPTERS = {"LORA", "IA3"}
+
+
+@dataclass
+class Sampler:
+    """How the next token is chosen from the logits: the fields of :class:`~tunekit.rl.rollout.SamplingConfig`."""
+
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0  # 1.0: no nucleus cut
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """[N, V] logits -> [N] token ids."""
+        if self.temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits.float() / self.temperature
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = logits.softmax(dim=-1)
+        if self.top_p >= 1.0:
+            return _inverse_cdf(probs)
+        # Keep the most likely tokens up to and including the one whose cumulative probability reaches top_p.
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        sorted_probs = sorted_probs.masked_fill(before >= self.top_p, 0.0)
+        return order.gather(-1, _inverse_cdf(sorted_probs)[:, None])[:, 0]
+
+
+def _inverse_cdf(probs: torch.Tensor) -> torch.Tensor:
+    """One draw from each row of [N, V] unnormalised probabilities -> [N] indices.
+
+    One uniform number a row against the cumulative sum: ``torch.multinomial`` draws an exponential number for
+    every entry instead, which at a vocabulary of 8192 costs more than the rest of sampling together.
+    """
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand((probs.shape[0], 1), device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    # right=True skips zero-probability entries: their cumulative value equals the one before them.
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=probs.shape[-1] - 1)
+
+
+def lean_decoder(model: torch.nn.Module, total_length: int) -> torch.nn.Module | None:
+    """The causal LM :func:`decode` runs for ``model`` (a peft model's base, with its adapter layers in place),
+    or None when the lean loop would not compute what ``model``'s own forward computes.
+
+    ``total_length`` is the prompt width plus ``max_new_tokens``: a sliding window shorter than that changes
+    attention, which the loop does not model.
+    """
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config is not None:
+        active = peft_config.get(getattr(model, "active_adapter", "default"))
+        if active is None or str(getattr(active.peft_type, "value", active.peft_type)) not in _IN_LAYER_ADAPTERS:
+            return None
+        model = model.get_base_model()
+    body = getattr(model, "model", None)
+    layers = getattr(body, "layers", None)
+    if layers is None or not all(hasattr(body, name) for name in ("embed_tokens", "norm", "rotary_emb")):
+        return None
+    if not hasattr(model, "lm_head"):
+        return None
+    for layer in layers:
+        if type(layer.self_attn).__name__ not in _LLAMA_ATTENTION or type(layer.mlp).__name__ not in _GATED_MLP:
+            return None
+    window = getattr(model.config, "sliding_window", None)
+    uses_window = getattr(model.config, "use_sliding_window", True)
+    if window is not None and uses_window and window < total_length:
+        return None
+    return model
+
+
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def decode(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    group: int,
+    max_new_tokens: int,
+    sampler: Sampler,
+    eos_token_id: int | None,
+    pad_token_id: int,
+    finished_by: Callable[[list[int]], bool] | None = None,
+    linears: dict[torch.nn.Module, Linear] | None = None,
+) -> torch.Tensor:
+    """Sample ``group`` completions for each prompt; returns [N, T] new tokens, T <= ``max_new_tokens``.
+
+    ``model`` is what :func:`lean_decoder` returned, in eval mode. ``prompt_ids`` and ``prompt_mask`` are [P, W]
+    and left-padded. A row is finished after EOS, or once ``finished_by(its tokens so far)`` says so (stop
+    strings); a finished row gets ``pad_token_id`` from then on, and decoding ends early when every row has finished.
+    ``linears`` replaces linear modules by functions of the same result in the decode steps (see
+    :func:`packed_linears`); modules not in it are called as they are.
+    """
+    table = linears or {}
+    rows, width = prompt_ids.shape[0] * group, prompt_ids.shape[1]
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    prefill = DynamicCache()
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions,
+        past_key_values=prefill,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    logits = out.logits[:, -1].float().repeat_interleave(group, dim=0)  # [N, V]
+    cache = [_KVBuffer(layer.keys, layer.values, group, width + max_new_tokens) for layer in prefill.layers]
+    del prefill, out
+    # [N, 1, 1, W + M]: attend to the real prompt tokens and to every generated one (a finished row's pad tokens
+    # are attended to as well; nothing reads that row's output any more).
+    visible = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], max_new_tokens)], dim=1)
+    visible = visible.bool().repeat_interleave(group, dim=0)[:, None, None, :]
+    position = positions[:, -1:].repeat_interleave(group, dim=0)  # [N, 1]
+    finished = torch.zeros(rows, dtype=torch.bool, device=prompt_ids.device)
+    generated: list[torch.Tensor] = []
+    for step in range(max_new_tokens):
+        token = sampler(logits).masked_fill(finished, pad_token_id)  # [N]
+        generated.append(token)
+        if eos_token_id is not None:
+            finished |= token == eos_token_id
+        if finished_by is not None:
+            finished |= _check(finished, finished_by, torch.stack(generated, dim=1))
+        if step == max_new_tokens - 1 or bool(finished.all()):
+            break
+        position = position + 1
+        column = width + step  # where this token's keys and values go
+        logits = _next_logits(model, table, cache, token, position, visible[..., : column + 1], column)
+    return torch.stack(generated, dim=1)
+
+
+def packed_linears(model: torch.nn.Module, rows: int) -> dict[torch.nn.Module, Linear]:
+    """oneDNN-packed fp32 weights for the decode steps of ``model`` on the CPU; {} elsewhere.
+
+    At a few rows a step, torch's default CPU matmul reads the weights at a fraction of the memory's rate; oneDNN's
+    inner product on weights reordered once for ``rows`` rows is about twice as fast here
+    (``benchmarks/decode_floor.py``). A plain LoRA layer is packed with its update merged in, ``W + s * B @ A``,
+    which also saves its two adapter matmuls a step. The copies live for one rollout (the adapter changes between
+    rollouts); layers of other kinds (DoRA, IA3, 4-bit, other dtypes) keep their own forward.
+    """
+    if next(model.parameters()).device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return {}
+    table: dict[torch.nn.Module, Linear] = {}
+    for layer in model.model.layers:
+        attention, mlp = layer.self_attn, layer.mlp
+        for module in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
+            _pack(table, module, rows)
+        for module in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+            _pack(table, module, rows)
+    _pack(table, model.lm_head, rows)
+    return table
+
+
+def _pack(table: dict[torch.nn.Module, Linear], module: torch.nn.Module, rows: int) -> None:
+    weight, bias = _effective_weight(module)
+    if weight is None or weight.dtype != torch.float32 or hasattr(weight, "ds_id"):
+        return
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    table[module] = linear
+
+
+def _effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(weight, bias) that ``module`` multiplies by, for a plain linear layer or plain LoRA; (None, None) otherwise."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from tunekit.models.lora_linear import plain_lora_adapter
+
+    if type(module) is torch.nn.Linear:
+        return module.weight.detach(), _detached(module.bias)
+    if type(module) is not LoraLinear or type(module.base_layer) is not torch.nn.Linear or module.fan_in_fan_out:
+        return None, None
+    base = module.base_layer
+    if module.merged or module.disable_adapters:
+        return base.weight.detach(), _detached(base.bias)
+    adapter = plain_lora_adapter(module, (), {})
+    if adapter is None:
+        return None, None
+    a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+    if not a.dtype == b.dtype == base.weight.dtype:
+        return None, None
+    merged = torch.addmm(base.weight, b, a, alpha=module.scaling[adapter]).detach()
+    return merged, _detached(base.bias)
+
+
+def _detached(bias: torch.Tensor | None) -> torch.Tensor | None:
+    return None if bias is None else bias.detach()
+
+
+def _check(finished: torch.Tensor, finished_by: Callable[[list[int]], bool], tokens: torch.Tensor) -> torch.Tensor:
+    """[N] bool: rows not yet finished that ``finished_by`` now ends."""
+    ended = torch.zeros_like(finished)
+    for row in (~finished).nonzero().flatten().tolist():
+        ended[row] = finished_by(tokens[row].tolist())
+    return ended
+
+
+class _KVBuffer:
+    """One layer's keys and values, [N, H_kv, W + M, D] each, filled with the prefill's [P, H_kv, W, D]."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, group: int, capacity: int) -> None:
+        prompts, heads, width, dim = keys.shape
+        self.keys = keys.new_empty(prompts * group, heads, capacity, dim)
+        self.values = values.new_empty(prompts * group, heads, capacity, dim)
+        self.keys[:, :, :width] = keys.repeat_interleave(group, dim=0)
+        self.values[:, :, :width] = values.repeat_interleave(group, dim=0)
+
+    def append(self, column: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write [N, H_kv, 1, D] at ``column``; returns views of columns ``[0, column]``."""
+        self.keys[:, :, column : column + 1] = keys
+        self.values[:, :, column : column + 1] = values
+        return self.keys[:, :, : column + 1], self.values[:, :, : column + 1]
+
+
+def _next_logits(
+    model: Any,
+    table: dict[torch.nn.Module, Linear],
+    cache: list[_KVBuffer],
+    tokens: torch.Tensor,
+    position: torch.Tensor,
+    visible: torch.Tensor,
+    column: int,
+) -> torch.Tensor:
+    """One decode step: [N] tokens at [N, 1] positions -> [N, V] logits of the next token."""
+
+    def linear(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return table.get(module, module)(x)
+
+    body = model.model
+    rows = tokens.shape[0]
+    hidden = body.embed_tokens(tokens)  # [N, hidden]
+    cos, sin = body.rotary_emb(hidden, position)  # [N, 1, D] each
+    cos, sin = cos[:, None], sin[:, None]  # [N, 1, 1, D]
+    for layer, kv in zip(body.layers, cache, strict=True):
+        attention, mlp = layer.self_attn, layer.mlp
+        x = layer.input_layernorm(hidden)
+        q = linear(attention.q_proj, x).view(rows, -1, 1, attention.head_dim)  # [N, H, 1, D]
+        k = linear(attention.k_proj, x).view(rows, -1, 1, attention.head_dim)  # [N, H_kv, 1, D]
+        v = linear(attention.v_proj, x).view(rows, -1, 1, attention.head_dim)
+        keys, values = kv.append(column, _rotate(k, cos, sin), v)
+        attended = F.scaled_dot_product_attention(
+            _rotate(q, cos, sin), keys, values, attn_mask=visible, scale=attention.scaling, enable_gqa=True
+        )  # [N, H, 1, D]
+        hidden = hidden + linear(attention.o_proj, attended.reshape(rows, -1))
+        x = layer.post_attention_layernorm(hidden)
+        hidden = hidden + linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
+    return linear(model.lm_head, body.norm(hidden)).float()
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of [N, H, 1, D] by [N, 1, 1, D] angles (the half-split convention of LLaMA)."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-second, first], dim=-1) * sin
