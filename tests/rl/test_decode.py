@@ -65,13 +65,15 @@ def test_packed_weights_compute_each_layer_as_its_module(tokenizer):
     model = adapted("tiny-llama")
     table = packed_linears(lean_decoder(model, 64), rows=6)
     hf = model.get_base_model()
-    # Every projection of every layer, and the head.
-    assert len(table) == 7 * hf.config.num_hidden_layers + 1
+    # Per layer: q, k and v as one matrix, o, gate and up as one, down; then the head.
+    assert len(table) == 4 * hf.config.num_hidden_layers + 1
+    assert sum(len(modules) for modules in table) == 7 * hf.config.num_hidden_layers + 1
     torch.manual_seed(0)
-    for module, linear in table.items():
-        x = torch.randn(6, module.in_features)
+    for modules, project in table.items():
+        x = torch.randn(6, modules[0].in_features)
         with torch.no_grad():
-            torch.testing.assert_close(linear(x), module(x), atol=2e-5, rtol=1e-4)
+            for packed, module in zip(project(x), modules, strict=True):
+                torch.testing.assert_close(packed, module(x), atol=2e-5, rtol=1e-4)
 
 
 def test_packed_decoding_gives_generate_logits(tokenizer):
@@ -106,7 +108,7 @@ def test_packed_decoding_gives_generate_logits(tokenizer):
 def test_dora_layers_keep_their_own_forward():
     model = apply_adapter(load_model(ModelConfig()), AdapterConfig(method="dora")).eval()
     table = packed_linears(lean_decoder(model, 64), rows=4)
-    assert list(table) == [model.get_base_model().lm_head]  # only the plain head is packed
+    assert list(table) == [(model.get_base_model().lm_head,)]  # only the plain head is packed
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "llama_adapter"])
@@ -162,3 +164,43 @@ def test_sampler_draws_from_transformers_warped_distribution(top_k, top_p):
     counts = torch.bincount(tokens, minlength=40).float() / draws
     assert (counts[expected == 0] == 0).all()  # never a token the warpers remove
     torch.testing.assert_close(counts, expected, atol=0.01, rtol=0)
+
+
+def test_sharded_weights_go_through_generate():
+    """ZeRO-3 marks its partitioned parameters with ds_id; their gathering hooks sit on modules the loop bypasses."""
+    model = adapted("tiny-llama")
+    assert lean_decoder(model, 64) is not None
+    next(model.parameters()).ds_id = 0
+    assert lean_decoder(model, 64) is None
+
+
+def test_qwen2_biased_projections(tokenizer):
+    """Qwen2's q, k and v carry biases: the loop and the packed matrices must add them."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # random init leaves the biases at zero
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    ids, mask = prompts(tokenizer)
+    lean = lean_decoder(model, ids.shape[1] + NEW)
+    assert lean is model
+    ours = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), None, tokenizer.pad_token_id)
+    assert torch.equal(ours, greedy_generate(model, tokenizer, ids, mask))
+    first = model.model.layers[0].self_attn
+    project = packed_linears(lean, rows=4)[(first.q_proj, first.k_proj, first.v_proj)]
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        for packed, module in zip(project(x), (first.q_proj, first.k_proj, first.v_proj), strict=True):
+            torch.testing.assert_close(packed, module(x), atol=2e-5, rtol=1e-4)

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 from transformers import DynamicCache
 
 # Attention classes that compute exactly q/k/v projections, rotary q and k, grouped-query softmax attention and an
@@ -81,8 +82,12 @@ def lean_decoder(model: torch.nn.Module, total_length: int) -> torch.nn.Module |
     or None when the lean loop would not compute what ``model``'s own forward computes.
 
     ``total_length`` is the prompt width plus ``max_new_tokens``: a sliding window shorter than that changes
-    attention, which the loop does not model.
+    attention, which the loop does not model. Sharded weights (ZeRO-3, FSDP) are left to ``generate`` as well: they
+    are gathered by hooks on the modules the loop goes around, and every process must keep decoding until all have
+    finished, which ``generate`` arranges.
     """
+    if any(hasattr(param, "ds_id") or isinstance(param, DTensor) for param in model.parameters()):
+        return None
     peft_config = getattr(model, "peft_config", None)
     if peft_config is not None:
         active = peft_config.get(getattr(model, "active_adapter", "default"))
@@ -105,7 +110,9 @@ def lean_decoder(model: torch.nn.Module, total_length: int) -> torch.nn.Module |
     return model
 
 
-Linear = Callable[[torch.Tensor], torch.Tensor]
+# Linear modules that read the same input, and a function computing all their outputs at once.
+Projections = tuple[torch.nn.Module, ...]
+Projection = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 
 
 @torch.no_grad()
@@ -119,15 +126,15 @@ def decode(
     eos_token_id: int | None,
     pad_token_id: int,
     finished_by: Callable[[list[int]], bool] | None = None,
-    linears: dict[torch.nn.Module, Linear] | None = None,
+    linears: dict[Projections, Projection] | None = None,
 ) -> torch.Tensor:
     """Sample ``group`` completions for each prompt; returns [N, T] new tokens, T <= ``max_new_tokens``.
 
     ``model`` is what :func:`lean_decoder` returned, in eval mode. ``prompt_ids`` and ``prompt_mask`` are [P, W]
     and left-padded. A row is finished after EOS, or once ``finished_by(its tokens so far)`` says so (stop
     strings); a finished row gets ``pad_token_id`` from then on, and decoding ends early when every row has finished.
-    ``linears`` replaces linear modules by functions of the same result in the decode steps (see
-    :func:`packed_linears`); modules not in it are called as they are.
+    ``linears`` computes groups of linear modules in the decode steps (see :func:`packed_linears`); modules not
+    in it are called as they are.
     """
     table = linears or {}
     rows, width = prompt_ids.shape[0] * group, prompt_ids.shape[1]
@@ -166,38 +173,47 @@ def decode(
     return torch.stack(generated, dim=1)
 
 
-def packed_linears(model: torch.nn.Module, rows: int) -> dict[torch.nn.Module, Linear]:
+def packed_linears(model: torch.nn.Module, rows: int) -> dict[Projections, Projection]:
     """oneDNN-packed fp32 weights for the decode steps of ``model`` on the CPU; {} elsewhere.
 
     At a few rows a step, torch's default CPU matmul reads the weights at a fraction of the memory's rate; oneDNN's
     inner product on weights reordered once for ``rows`` rows is about twice as fast here
     (``benchmarks/decode_floor.py``). A plain LoRA layer is packed with its update merged in, ``W + s * B @ A``,
-    which also saves its two adapter matmuls a step. The copies live for one rollout (the adapter changes between
-    rollouts); layers of other kinds (DoRA, IA3, 4-bit, other dtypes) keep their own forward.
+    which also saves its two adapter matmuls a step, and projections of the same input (q, k and v; gate and up)
+    are packed as one matrix. The copies live for one rollout (the adapter changes between rollouts); layers of
+    other kinds (DoRA, IA3, 4-bit, other dtypes) keep their own forward.
     """
     if next(model.parameters()).device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return {}
-    table: dict[torch.nn.Module, Linear] = {}
+    groups: list[Projections] = []
     for layer in model.model.layers:
         attention, mlp = layer.self_attn, layer.mlp
-        for module in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
-            _pack(table, module, rows)
-        for module in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
-            _pack(table, module, rows)
-    _pack(table, model.lm_head, rows)
+        groups += [(attention.q_proj, attention.k_proj, attention.v_proj), (attention.o_proj,)]
+        groups += [(mlp.gate_proj, mlp.up_proj), (mlp.down_proj,)]
+    groups.append((model.lm_head,))
+    table: dict[Projections, Projection] = {}
+    for modules in groups:
+        packed = _packed(modules, rows)
+        if packed is not None:
+            table[modules] = packed
     return table
 
 
-def _pack(table: dict[torch.nn.Module, Linear], module: torch.nn.Module, rows: int) -> None:
-    weight, bias = _effective_weight(module)
-    if weight is None or weight.dtype != torch.float32 or hasattr(weight, "ds_id"):
-        return
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+def _packed(modules: Projections, rows: int) -> Projection | None:
+    """One packed matrix computing every module of ``modules`` (which share their input), or None."""
+    effective = [_effective_weight(module) for module in modules]
+    if any(weight is None or weight.dtype != torch.float32 for weight, _ in effective):
+        return None
+    sizes = [weight.shape[0] for weight, _ in effective]
+    packed = torch.ops.mkldnn._reorder_linear_weight(torch.cat([weight for weight, _ in effective]), rows)
+    bias = None
+    if any(b is not None for _, b in effective):
+        bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in effective])
 
-    def linear(x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    def project(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "").split(sizes, dim=-1)
 
-    table[module] = linear
+    return project
 
 
 def _effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -254,7 +270,7 @@ class _KVBuffer:
 
 def _next_logits(
     model: Any,
-    table: dict[torch.nn.Module, Linear],
+    table: dict[Projections, Projection],
     cache: list[_KVBuffer],
     tokens: torch.Tensor,
     position: torch.Tensor,
@@ -263,8 +279,9 @@ def _next_logits(
 ) -> torch.Tensor:
     """One decode step: [N] tokens at [N, 1] positions -> [N, V] logits of the next token."""
 
-    def linear(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return table.get(module, module)(x)
+    def project(x: torch.Tensor, *modules: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+        packed = table.get(modules)
+        return packed(x) if packed is not None else tuple(module(x) for module in modules)
 
     body = model.model
     rows = tokens.shape[0]
@@ -273,18 +290,16 @@ def _next_logits(
     cos, sin = cos[:, None], sin[:, None]  # [N, 1, 1, D]
     for layer, kv in zip(body.layers, cache, strict=True):
         attention, mlp = layer.self_attn, layer.mlp
-        x = layer.input_layernorm(hidden)
-        q = linear(attention.q_proj, x).view(rows, -1, 1, attention.head_dim)  # [N, H, 1, D]
-        k = linear(attention.k_proj, x).view(rows, -1, 1, attention.head_dim)  # [N, H_kv, 1, D]
-        v = linear(attention.v_proj, x).view(rows, -1, 1, attention.head_dim)
+        q, k, v = project(layer.input_layernorm(hidden), attention.q_proj, attention.k_proj, attention.v_proj)
+        q, k, v = (t.reshape(rows, -1, 1, attention.head_dim) for t in (q, k, v))  # [N, H or H_kv, 1, D]
         keys, values = kv.append(column, _rotate(k, cos, sin), v)
         attended = F.scaled_dot_product_attention(
             _rotate(q, cos, sin), keys, values, attn_mask=visible, scale=attention.scaling, enable_gqa=True
         )  # [N, H, 1, D]
-        hidden = hidden + linear(attention.o_proj, attended.reshape(rows, -1))
-        x = layer.post_attention_layernorm(hidden)
-        hidden = hidden + linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
-    return linear(model.lm_head, body.norm(hidden)).float()
+        hidden = hidden + project(attended.reshape(rows, -1), attention.o_proj)[0]
+        gate, up = project(layer.post_attention_layernorm(hidden), mlp.gate_proj, mlp.up_proj)
+        hidden = hidden + project(mlp.act_fn(gate) * up, mlp.down_proj)[0]
+    return project(body.norm(hidden), model.lm_head)[0].float()
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
