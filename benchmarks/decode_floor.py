@@ -6,8 +6,10 @@ One decode step of the fixed GRPO workload multiplies 8 rows (one new token per 
 the model: 8 layers of q, k, v, o, gate, up and down, then the output head, about 110 MB in fp32. That is more
 than the cache holds, so each step streams the weights from memory. This script times exactly those matmuls,
 weights allocated separately as in the model, and compares the rate they read memory at with what a plain
-streaming reduction reaches on the same cores. Three matmul paths are timed side by side in each round: torch's
-default (``F.linear``, MKL here), MKL's packed GEMM, and oneDNN's inner product on oneDNN tensors.
+streaming reduction reaches on the same cores. Four matmul paths are timed side by side in each round: torch's
+default (``F.linear``, MKL here), MKL's packed GEMM, oneDNN's inner product on oneDNN tensors, and oneDNN's
+linear on plain tensors with weights reordered once for the row count, which tunekit's rollouts use on the CPU
+(``tunekit.rl.decode.packed_linears``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     packed = [torch.ops.mkl._mkl_reorder_linear_weight(w, args.rows) for w in weights]
     dnnl_weights = [w.to_mkldnn() for w in weights]
     dnnl_inputs = {i: x.to_mkldnn() for i, x in inputs.items()}
+    reordered = [torch.ops.mkldnn._reorder_linear_weight(w, args.rows) for w in weights]
     stream = torch.randn(100_000_000)  # 400 MB
 
     paths: dict[str, Callable[[], object]] = {
@@ -55,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
             for w, p in zip(weights, packed, strict=True)
         ],
         "oneDNN": lambda: [torch._C._nn.mkldnn_linear(dnnl_inputs[w.shape[1]], w, None) for w in dnnl_weights],
+        "oneDNN reordered": lambda: [
+            torch.ops.mkldnn._linear_pointwise(inputs[w.shape[1]], r, None, "none", [], "")
+            for w, r in zip(weights, reordered, strict=True)
+        ],
     }
     print(f"{torch.get_num_threads()} threads, {args.rows} rows, {megabytes:.0f} MB of weights a decode step")
     for r in range(args.rounds):
