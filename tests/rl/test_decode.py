@@ -204,3 +204,14 @@ def test_qwen2_biased_projections(tokenizer):
     with torch.no_grad():
         for packed, module in zip(project(x), (first.q_proj, first.k_proj, first.v_proj), strict=True):
             torch.testing.assert_close(packed, module(x), atol=2e-5, rtol=1e-4)
+
+
+def test_no_packed_copies_when_memory_is_short(monkeypatch):
+    import psutil
+
+    model = adapted("tiny-llama")
+    lean = lean_decoder(model, 64)
+    assert packed_linears(lean, rows=4)
+    real = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=1_000_000))
+    assert packed_linears(lean, rows=4) == {}

@@ -191,12 +191,25 @@ def packed_linears(model: torch.nn.Module, rows: int) -> dict[Projections, Proje
         groups += [(attention.q_proj, attention.k_proj, attention.v_proj), (attention.o_proj,)]
         groups += [(mlp.gate_proj, mlp.up_proj), (mlp.down_proj,)]
     groups.append((model.lm_head,))
+    if not _copy_fits(groups):
+        return {}
     table: dict[Projections, Projection] = {}
     for modules in groups:
         packed = _packed(modules, rows)
         if packed is not None:
             table[modules] = packed
     return table
+
+
+def _copy_fits(groups: list[Projections]) -> bool:
+    """Whether a packed fp32 copy of every weight in ``groups`` takes at most a quarter of the free memory.
+
+    A large model decoding on the CPU keeps its own forward rather than risk running out of memory mid-run.
+    """
+    import psutil
+
+    size = sum(getattr(module, "base_layer", module).weight.numel() * 4 for group in groups for module in group)
+    return size <= psutil.virtual_memory().available // 4
 
 
 def _packed(modules: Projections, rows: int) -> Projection | None:
