@@ -34,20 +34,29 @@ UNITS = {"sft": "tokens/s", "dpo": "pairs/s", "grpo": "completions/s"}
 DEFAULT_STEPS = {"sft": 12, "dpo": 8, "grpo": 8}
 
 
-def sides_for(recipe: str, trl_checkpointing: bool) -> list[tuple[str, str, dict[str, Any]]]:
+def sides_for(recipe: str, trl_checkpointing: bool, compile: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
     """(name, side, setting) of every contender. TRL's configs default to gradient checkpointing on; it trades
-    speed for memory, so it is off unless asked for, like tunekit's."""
+    speed for memory, so it is off unless asked for, like tunekit's.
+
+    With ``compile``, tunekit's sides run with ``train.compile`` and TRL gets one more side with its
+    ``torch_compile``, so that its fastest setting, compiled or not, is the one compared against.
+    """
     trl = {"gradient_checkpointing": trl_checkpointing}
+    ours = {"compile": True} if compile else {}
     if recipe == "sft":
         # Packing changes what a step holds (8 rows of up to max_length tokens rather than 8 examples), so each
         # side runs both ways, and each packed side is compared with the other's packed side too.
-        return [
-            ("tunekit", "tunekit", {"packing": False}),
-            ("tunekit-packing", "tunekit", {"packing": True}),
+        sides = [
+            ("tunekit", "tunekit", {**ours, "packing": False}),
+            ("tunekit-packing", "tunekit", {**ours, "packing": True}),
             ("trl", "trl", {**trl, "packing": False}),
             ("trl-packing", "trl", {**trl, "packing": True}),
         ]
-    return [("tunekit", "tunekit", {}), ("trl", "trl", trl)]
+    else:
+        sides = [("tunekit", "tunekit", ours), ("trl", "trl", trl)]
+    if compile:
+        sides.append(("trl-compile", "trl", {**trl, "packing": False, "compile": True}))
+    return sides
 
 
 class Worker:
@@ -137,7 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         # All started together: warm-up (imports, loading, first steps) is never timed, and every worker waits at
         # its gate until the driver lets it run a window.
         for recipe in args.recipes:
-            for name, side, setting in sides_for(recipe, args.trl_gradient_checkpointing):
+            for name, side, setting in sides_for(recipe, args.trl_gradient_checkpointing, args.compile):
                 say(args, f"{recipe}: starting {name} ({setting or 'defaults'}), warm-up of {args.warmup} steps")
                 schedule = schedule_for(args, recipe)
                 worker = Worker(name, side, setting, schedule, works[recipe].to_json(), roots[recipe], args.threads)
@@ -339,6 +348,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", help="a local Hugging Face model directory instead of --shape")
     parser.add_argument("--rows", type=int, help="read only the first ROWS rows of the data (quick runs)")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off otherwise")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="tunekit with train.compile, and a further TRL side with torch_compile (raise --warmup: compiling "
+        "takes the first steps)",
+    )
     parser.add_argument("--matmul-seconds", type=float, default=2.0)
     parser.add_argument(
         "--threads", type=int, help="CPU threads of each side (default: torch's, one per core); tiny shapes want 1"

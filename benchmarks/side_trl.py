@@ -85,6 +85,7 @@ def common_args(work: Workload, setting: dict[str, Any], output_dir: Path, max_s
         "use_cpu": work.device == "cpu",
         "gradient_checkpointing": bool(setting.get("gradient_checkpointing", False)),
         "dataloader_num_workers": 0,
+        "torch_compile": bool(setting.get("compile", False)),
     }
 
 

@@ -33,6 +33,7 @@ def config_dict(work: Workload, setting: dict[str, Any], output_dir: Path, max_s
         "eval_every": 0,
         "save_every": 0,
         "progress": False,
+        "compile": bool(setting.get("compile", False)),
     }
     model = {
         "path": work.model,

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from tunekit.data.sft import IGNORE_INDEX, Example
+from tunekit.models import varlen
 
 
 def collate_examples(examples: list[Example], pad_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
@@ -119,7 +120,7 @@ def model_inputs(batch: dict[str, torch.Tensor], model: Any) -> dict[str, torch.
     """
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     if "seq_lens" in batch:  # padding-free: one example per segment (see tunekit.models.varlen)
-        inputs["segments"] = [(int(n),) for n in batch["seq_lens"].tolist()]
+        inputs["segments"] = varlen.Segments([(int(n),) for n in batch["seq_lens"].tolist()])
         return inputs
     mask = inputs["attention_mask"]
     if mask.dim() == 4:

@@ -53,7 +53,12 @@ def logits_at(
     prompt positions ever get a [V]-wide row of logits.
     """
     # No KV cache: a training forward never reuses one.
-    inputs = {"input_ids": input_ids, "position_ids": position_ids, "segments": segments, "use_cache": False}
+    inputs = {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "segments": varlen.Segments(segments),
+        "use_cache": False,
+    }
     if _takes_logits_to_keep(model):
         # squeeze, not [0]: indexing's backward would write the gradient into a zero tensor of the same size.
         return model(**inputs, logits_to_keep=positions).logits.squeeze(0)

@@ -34,6 +34,23 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _registered = False
 
 
+class Segments:
+    """The segments of a padding-free row (tuples of ints, as above), in a container torch.compile does not look
+    into: a plain list would be guarded on its length, and every batch with a new number of examples would
+    recompile the compiled blocks (train.compile) that pass it on to the attention."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[int, ...]]):
+        self.items = items
+
+    def __iter__(self) -> Any:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 def _register() -> None:
     global _registered
     if _registered:
@@ -80,6 +97,9 @@ def enable(model: torch.nn.Module) -> bool:
     return True
 
 
+# Kept out of torch.compile graphs (train.compile): the loop over examples would specialise a graph to every batch's
+# example lengths.
+@torch.compiler.disable
 def varlen_attention(
     module: torch.nn.Module,
     query: torch.Tensor,

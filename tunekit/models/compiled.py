@@ -1,0 +1,77 @@
+"""torch.compile for the transformer blocks of a training run (``train.compile``).
+
+What inductor buys here is fusion: a LLaMA block in eager mode makes a dozen passes over [tokens, hidden] tensors
+around its matmuls (RMSNorm's square, mean, rsqrt and two multiplies; rotary's halves, negation and sums; SwiGLU;
+the residual adds), each again in the backward. Compiled, those become a few generated loops, and the matmuls stay
+on the same BLAS calls.
+
+Each decoder block is compiled on its own, in place: the module tree, parameter names, state dict and adapter files
+do not change, so checkpoints and exports are those of an eager run. The compiled forward serves only forwards that
+build a graph for a backward; evaluation, reference log-probs and generation run eager, where a KV cache that grows
+by one token a step would otherwise cost a recompile per length. Attention over padding-free batches stays outside
+the graph (:mod:`tunekit.models.varlen` loops over the batch's examples in Python), and shapes are compiled as
+dynamic, so a new batch length does not recompile.
+
+The first steps pay for compilation (tens of seconds on a CPU); a run long enough to amortise it gains the fused
+elementwise work on every step after. See docs/benchmarks.md for what it measured.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from tunekit.errors import ConfigError
+
+# Enough for the variants a run meets (training mode with and without the adapter, a last short batch) without
+# letting a pathological input recompile forever: past it, dynamo runs the block eagerly.
+_RECOMPILE_LIMIT = 16
+
+
+def check_compile_supported(sharded: bool) -> None:
+    """Refuse ``train.compile`` where it cannot work, before anything is written: with a sharded engine (FSDP,
+    ZeRO-3 gather weights in hooks around the very modules compiled here), or on a CPU with no C++ compiler for
+    inductor's generated code."""
+    if sharded:
+        raise ConfigError(
+            "train.compile=true is not supported with FSDP or DeepSpeed ZeRO-3 in tunekit; set train.compile=false"
+        )
+    if torch.cuda.is_available():
+        return
+    compiler = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+    if compiler is None or shutil.which(compiler) is None:
+        raise ConfigError(
+            "train.compile=true on the CPU needs a C++ compiler (g++ or clang++ on PATH, or $CXX) for the code "
+            "torch.compile generates; install one or set train.compile=false"
+        )
+
+
+def compile_layers(model: torch.nn.Module) -> int:
+    """Compile every transformer block of ``model`` (transformers' decoder layers) for training forwards.
+
+    ``model`` may be a transformers model or a peft / DDP wrapper of one. Returns how many blocks were compiled
+    (0 for a model with none, which then trains as it is).
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for block in blocks:
+        if getattr(block.forward, "tunekit_compiled", False):
+            continue
+        block.forward = _training_only(block.forward, torch.compile(block.forward, dynamic=True))
+    return len(blocks)
+
+
+def _training_only(eager: Callable[..., Any], compiled: Callable[..., Any]) -> Callable[..., Any]:
+    """A forward that runs ``compiled`` when autograd records (a training forward) and ``eager`` otherwise."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return compiled(*args, **kwargs) if torch.is_grad_enabled() else eager(*args, **kwargs)
+
+    forward.tunekit_compiled = True  # type: ignore[attr-defined]
+    return forward
