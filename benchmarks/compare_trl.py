@@ -38,24 +38,25 @@ def sides_for(recipe: str, trl_checkpointing: bool, compile: bool = False) -> li
     """(name, side, setting) of every contender. TRL's configs default to gradient checkpointing on; it trades
     speed for memory, so it is off unless asked for, like tunekit's.
 
-    With ``compile``, tunekit's sides run with ``train.compile`` and TRL gets one more side with its
-    ``torch_compile``, so that its fastest setting, compiled or not, is the one compared against.
+    With ``compile``, each side also runs compiled (tunekit's ``train.compile``, TRL's ``torch_compile``), so
+    that the fastest setting of each, compiled or not, is the one compared.
     """
     trl = {"gradient_checkpointing": trl_checkpointing}
-    ours = {"compile": True} if compile else {}
     if recipe == "sft":
         # Packing changes what a step holds (8 rows of up to max_length tokens rather than 8 examples), so each
         # side runs both ways, and each packed side is compared with the other's packed side too.
         sides = [
-            ("tunekit", "tunekit", {**ours, "packing": False}),
-            ("tunekit-packing", "tunekit", {**ours, "packing": True}),
+            ("tunekit", "tunekit", {"packing": False}),
+            ("tunekit-packing", "tunekit", {"packing": True}),
             ("trl", "trl", {**trl, "packing": False}),
             ("trl-packing", "trl", {**trl, "packing": True}),
         ]
     else:
-        sides = [("tunekit", "tunekit", ours), ("trl", "trl", trl)]
+        sides = [("tunekit", "tunekit", {}), ("trl", "trl", trl)]
     if compile:
-        sides.append(("trl-compile", "trl", {**trl, "packing": False, "compile": True}))
+        # The unpacked (or only) setting of each side, compiled.
+        plain = [next(entry for entry in sides if entry[1] == side) for side in ("tunekit", "trl")]
+        sides += [(f"{name}-compile", side, {**setting, "compile": True}) for name, side, setting in plain]
     return sides
 
 
@@ -351,7 +352,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="tunekit with train.compile, and a further TRL side with torch_compile (raise --warmup: compiling "
+        help="one more side each: tunekit with train.compile, TRL with torch_compile (raise --warmup: compiling "
         "takes the first steps)",
     )
     parser.add_argument("--matmul-seconds", type=float, default=2.0)

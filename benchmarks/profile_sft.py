@@ -2,6 +2,7 @@
 
     python benchmarks/profile_sft.py                                    # fixed workload, fp32 on the CPU
     python benchmarks/profile_sft.py --device cuda --precision bf16 --shape 1b --packing
+    python benchmarks/profile_sft.py --compile --warmup 3                # with train.compile
 
 The run is the benchmark's tunekit side (``side_tunekit.run``: the recipe's public ``run(config)``), with a gate
 that starts the profiler after ``--warmup`` steps and stops the run ``--steps`` steps later. Prints the mean step
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="padding-free attention one example at a time, even where the GPU's one-call kernel applies",
     )
+    parser.add_argument("--compile", action="store_true", help="train.compile (raise --warmup to 3: it compiles)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rows", type=int, help="read only the first ROWS rows of the data")
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
 
     work = workload("sft", str(model_path(args.shape)), args.precision, args.device, args.rows, args.weights)
     gate = ProfileGate(args.warmup, args.steps, args.device, args.row_limit)
-    setting: dict[str, Any] = {"packing": args.packing}
+    setting: dict[str, Any] = {"packing": args.packing, "compile": args.compile}
     with tempfile.TemporaryDirectory(prefix="profile-sft-") as out:
         side_tunekit.run(work, setting, gate, Path(out) / "run", args.warmup + args.steps)  # type: ignore[arg-type]
 

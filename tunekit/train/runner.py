@@ -222,7 +222,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     configure_deepspeed(accelerator, cfg.micro_batch_size, cfg.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     if cfg.compile:
-        compile_layers(model)
+        accelerator.print(f"train.compile: {compile_layers(model)} transformer blocks compiled for training forwards")
     # FSDP2 replaces parameters with sharded ones while wrapping, so they are looked up again by name.
     trainable = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if n in trainable_names}
 
