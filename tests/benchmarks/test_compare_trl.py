@@ -85,3 +85,13 @@ def test_quick_comparison_reports_every_figure_and_both_sides_train(results, rec
     if recipe == "sft":
         # Both count real tokens the same way: the same examples hold the same number of them.
         assert result["sides"]["tunekit"]["real_tokens"] == result["sides"]["trl"]["real_tokens"]
+
+
+@pytest.mark.parametrize("recipe", sorted(SIDES))
+def test_compile_adds_one_compiled_side_each_beside_the_eager_ones(recipe):
+    sides = {name: (side, setting) for name, side, setting in compare_trl.sides_for(recipe, False, compile=True)}
+    assert set(sides) == SIDES[recipe] | {"tunekit-compile", "trl-compile"}
+    for name, (_side, setting) in sides.items():
+        assert setting.get("compile", False) == name.endswith("-compile")
+        assert not setting.get("packing", False) or not setting.get("compile", False)
+    assert sides["tunekit-compile"][0] == "tunekit" and sides["trl-compile"][0] == "trl"

@@ -106,21 +106,38 @@ def sft_overrides(out, *extra: str) -> list[str]:
     ]
 
 
+def logged(out, key: str) -> list[float]:
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [line[key] for line in lines if key in line]
+
+
 def test_sft_with_train_compile_trains_as_eager_does(tmp_path):
+    """Also with gradient checkpointing, whose recomputation in the backward runs the compiled block again."""
     from tunekit.config import load_config
     from tunekit.recipes.sft import SFTConfig, run
 
-    losses = {}
+    compiled = ["train.compile=true", "model.gradient_checkpointing=true"]
+    for name, extra in (("eager", []), ("compiled", compiled)):
+        run(load_config(SFTConfig, "recipes/sft/tiny.yaml", sft_overrides(tmp_path / name, *extra)))
+        assert (tmp_path / name / "final" / "adapter_model.safetensors").is_file()
+    eager, compiled_losses = logged(tmp_path / "eager", "loss"), logged(tmp_path / "compiled", "loss")
+    assert len(eager) == 3
+    assert compiled_losses == pytest.approx(eager, rel=1e-4)
+
+
+def test_dpo_with_train_compile_trains_as_eager_does(tmp_path):
+    """The policy's forward is compiled; the reference pass (the adapter switched off, no autograd) is not."""
+    from tunekit.config import load_config
+    from tunekit.recipes.dpo import DPOConfig, run
+
+    common = ["train.progress=false", "data.synthetic_size=24", "data.eval_fraction=0", "max_steps=3"]
     for name in ("eager", "compiled"):
-        out = tmp_path / name
-        overrides = sft_overrides(out, f"train.compile={'true' if name == 'compiled' else 'false'}")
-        run(load_config(SFTConfig, "recipes/sft/tiny.yaml", overrides))
-        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        losses[name] = [line["loss"] for line in lines if "loss" in line]
-        assert (out / "final" / "adapter_model.safetensors").is_file()
-    assert len(losses["compiled"]) == len(losses["eager"]) == 3
-    for eager_loss, compiled_loss in zip(losses["eager"], losses["compiled"], strict=True):
-        assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
+        flag = f"train.compile={'true' if name == 'compiled' else 'false'}"
+        run(load_config(DPOConfig, None, [f"output_dir={tmp_path / name}", *common, "train.micro_batch_size=4", flag]))
+    for key in ("loss", "rewards/margin"):
+        eager, compiled = logged(tmp_path / "eager", key), logged(tmp_path / "compiled", key)
+        assert len(eager) == 3
+        assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-6), key
 
 
 def test_train_compile_without_a_cpp_compiler_is_refused_before_the_run_starts(tmp_path, monkeypatch):
