@@ -161,7 +161,18 @@ def _generate(
     device = next(model.parameters()).device
     ids = prompt_ids.repeat_interleave(group, dim=0).to(device)
     mask = prompt_mask.repeat_interleave(group, dim=0).to(device)
-    return model.generate(input_ids=ids, attention_mask=mask, **kwargs).cpu()[:, prompt_ids.shape[1] :]
+    # generate fills every field left unset from the checkpoint's generation_config.json (a repetition penalty,
+    # suppressed tokens, a minimum length...). Rollouts must sample from the policy's own distribution, shaped by
+    # `sampling` alone, as the lean loop does, so the checkpoint's config is set aside for the call.
+    from transformers import GenerationConfig
+
+    holder = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = holder.generation_config
+    holder.generation_config = GenerationConfig()
+    try:
+        return model.generate(input_ids=ids, attention_mask=mask, **kwargs).cpu()[:, prompt_ids.shape[1] :]
+    finally:
+        holder.generation_config = saved
 
 
 def _stop_check(tokenizer: Any, stop_strings: list[str]) -> Callable[[list[int]], bool] | None:
