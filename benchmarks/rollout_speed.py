@@ -1,12 +1,13 @@
 """One GRPO rollout of the fixed workload, two ways side by side: tunekit's decoding loop and ``generate``.
 
-    python benchmarks/rollout_speed.py [--rounds 5] [--device cpu|cuda] [--shape bench|1b]
+    python benchmarks/rollout_speed.py [--rounds 5] [--device cpu|cuda] [--shape bench|1b] [--compile]
 
 Both ways sample the same rollout: 2 GSM8K questions, 4 completions each, 64 new tokens, temperature 1, the
 benchmark model with a LoRA adapter (r=16, alpha 32, on every linear layer) whose update is moved off zero as
 training would. Each round times one rollout of each, alternating which goes first, and the script prints the
 seconds of each and their ratio. ``generate`` is what tunekit used before ``tunekit.rl.decode`` and what it still
-uses for models the loop does not cover.
+uses for models the loop does not cover. ``--compile`` adds a third way, the loop with its per-token step compiled
+(what ``train.compile`` gives a GRPO run); its compilation happens in the warm-up round.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shape", default="bench")
+    parser.add_argument("--compile", action="store_true", help="also time the loop with its step compiled")
     args = parser.parse_args(argv)
     work = workload("grpo", str(model_path(args.shape)), "fp32", args.device)
     tokenizer = load_tokenizer(work.model)
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     per_rollout = work.batch_size // group  # prompts a rollout
     batches = [prompts[i * per_rollout : (i + 1) * per_rollout] for i in range(args.rounds + 1)]
 
-    def loop(batch: list) -> torch.Tensor:
+    def loop(batch: list, compiled: bool = False) -> torch.Tensor:
         width = max(len(p.prompt_ids) for p in batch)
         ids, mask = rollout._left_padded(batch, width, tokenizer.pad_token_id)
         lean = lean_decoder(model, width + new)
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         ids, mask = ids.to(args.device), mask.to(args.device)
         linears = packed_linears(lean, len(batch) * group)
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-        return decode(lean, ids, mask, group, new, Sampler(), eos, pad, None, linears)
+        return decode(lean, ids, mask, group, new, Sampler(), eos, pad, None, linears, compiled)
 
     def generate(batch: list) -> torch.Tensor:
         width = max(len(p.prompt_ids) for p in batch)
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         return rollout._generate(model, tokenizer, ids, mask, group, sampling)
 
     ways = {"tunekit loop": loop, "generate": generate}
+    if args.compile:
+        ways["tunekit loop, compiled"] = lambda batch: loop(batch, compiled=True)
     for fn in ways.values():  # warm-up
         fn(batches[0])
     seconds: dict[str, list[float]] = {name: [] for name in ways}
@@ -85,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{torch.get_num_threads()} threads, {args.device}: tunekit loop {mean['tunekit loop']:.3f} s, generate "
         f"{mean['generate']:.3f} s a rollout; generate / loop = {mean['generate'] / mean['tunekit loop']:.2f}x"
     )
+    if args.compile:
+        compiled = mean["tunekit loop, compiled"]
+        ratio = mean["tunekit loop"] / compiled
+        print(f"tunekit loop compiled {compiled:.3f} s a rollout; eager / compiled = {ratio:.2f}x")
 
 
 if __name__ == "__main__":

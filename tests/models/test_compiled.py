@@ -150,3 +150,40 @@ def test_train_compile_without_a_cpp_compiler_is_refused_before_the_run_starts(t
     with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
         run(load_config(SFTConfig, "recipes/sft/tiny.yaml", sft_overrides(out, "train.compile=true")))
     assert not (out / "metrics.jsonl").exists()
+
+
+def test_grpo_with_train_compile_samples_and_trains_as_eager_does(tmp_path, monkeypatch):
+    """Compiled, the rollouts' decode steps are compiled too: the same completions, rewards and losses."""
+    from tunekit.config import load_config
+    from tunekit.recipes.grpo import GRPOConfig, run
+    from tunekit.rl import decode
+
+    compiled_rollouts = []
+    real_compiled_step = decode.compiled_step
+    monkeypatch.setattr(decode, "compiled_step", lambda: compiled_rollouts.append(1) or real_compiled_step())
+
+    common = [
+        "model.path=tiny-llama",
+        "train.progress=false",
+        "data.synthetic_size=16",
+        "data.eval_fraction=0",
+        "train.micro_batch_size=2",
+        "sampling.num_generations=4",
+        "sampling.max_new_tokens=6",
+        "max_steps=3",
+        # A reward that varies between completions of the tiny model, so that there is a gradient; SGD, which
+        # (unlike Adam) keeps a difference in rounding a difference in rounding.
+        "rewards=[{name: length_penalty, kwargs: {target_chars: 4}}]",
+        "loss.kl_beta=0",
+        "train.optimizer=sgd",
+        "train.lr=0.05",
+    ]
+    for name in ("eager", "compiled"):
+        flag = f"train.compile={'true' if name == 'compiled' else 'false'}"
+        run(load_config(GRPOConfig, None, [f"output_dir={tmp_path / name}", *common, flag]))
+        assert len(compiled_rollouts) == (3 if name == "compiled" else 0)  # one a step, none when eager
+    for key in ("loss", "reward", "completion_length", "grad_norm"):
+        eager, compiled = logged(tmp_path / "eager", key), logged(tmp_path / "compiled", key)
+        assert len(eager) == 3
+        assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-6), key
+    assert max(logged(tmp_path / "eager", "grad_norm")) > 0

@@ -235,3 +235,35 @@ def test_generate_fallback_ignores_the_checkpoints_generation_config(tokenizer):
     upto = (ended == 0) | ((ended == 1) & (expected == tokenizer.eos_token_id))
     assert torch.equal(got[:, : expected.shape[1]][upto], expected[upto])
     assert model.get_base_model().generation_config is config and config.repetition_penalty == 5.0
+
+
+def trimmed(ids, mask, rows):
+    """Rows ``rows`` of a left-padded batch, without the padding columns none of them needs."""
+    ids, mask = ids[rows], mask[rows]
+    first = int(mask.sum(0).nonzero()[0])
+    return ids[:, first:], mask[:, first:]
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_compiled_steps_give_eager_tokens_and_compile_once_per_row_count(method, tokenizer):
+    """LoRA's steps run on packed weights through tunekit's op, DoRA's through its own modules."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    model = adapted("tiny-llama", method)
+    ids, mask = prompts(tokenizer)
+    graphs = []
+    # Two rows, then two rows of another prompt width, then one row, then the first two rows again.
+    for rows in ([0, 1], [0, 2], [1], [1, 0]):
+        p_ids, p_mask = trimmed(ids, mask, rows)
+        lean = lean_decoder(model, p_ids.shape[1] + NEW)
+        table = packed_linears(lean, len(rows) * GROUP)
+        packed_adapters = [m for modules in table for m in modules if type(m) is not torch.nn.Linear]
+        assert bool(packed_adapters) == (method == "lora")  # DoRA: only the output head is packed
+        args = (lean, p_ids, p_mask, GROUP, NEW, Sampler(temperature=0), None, tokenizer.pad_token_id, None, table)
+        assert torch.equal(decode(*args, compiled=True), decode(*args)), rows
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert trimmed(ids, mask, [0, 1])[0].shape[1] != trimmed(ids, mask, [0, 2])[0].shape[1]
+    assert graphs[0] > 0
+    assert graphs[1] == graphs[0]  # a new prompt width: no new graph
+    assert graphs[3] == graphs[2]  # back to a row count seen before: no new graph

@@ -7,8 +7,10 @@ on the same BLAS calls.
 
 Each decoder block is compiled on its own, in place: the module tree, parameter names, state dict and adapter files
 do not change, so checkpoints and exports are those of an eager run. The compiled forward serves only forwards that
-build a graph for a backward; evaluation, reference log-probs and generation run eager, so that generation's KV
-cache objects never reach the compiler and no-grad passes add no graphs of their own. Attention over padding-free
+build a graph for a backward; evaluation, reference log-probs and ``generate`` run eager, so that generation's KV
+cache objects never reach the compiler and no-grad passes add no graphs of their own. Rollouts through tunekit's
+own decoding loop have a compiled per-token step of their own, used when :func:`is_compiled` says the run compiled
+its blocks (:func:`tunekit.rl.decode.compiled_step`). Attention over padding-free
 batches stays outside the graph (:mod:`tunekit.models.varlen` loops over the batch's examples in Python), and
 shapes are compiled as dynamic, so a new batch length does not recompile.
 
@@ -66,6 +68,11 @@ def compile_layers(model: torch.nn.Module) -> int:
             continue
         block.forward = _training_only(block.forward, torch.compile(block.forward, dynamic=True))
     return len(blocks)
+
+
+def is_compiled(model: torch.nn.Module) -> bool:
+    """Whether :func:`compile_layers` compiled the blocks of ``model`` (or of the model it wraps)."""
+    return any(getattr(m.forward, "tunekit_compiled", False) for m in model.modules())
 
 
 def _training_only(eager: Callable[..., Any], compiled: Callable[..., Any]) -> Callable[..., Any]:

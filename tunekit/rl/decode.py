@@ -11,6 +11,10 @@ into a cache sized for the whole rollout (G rows a prompt), and then runs the de
 step: norms, projections and MLPs are the model's modules (so LoRA, DoRA, IA3 and 4-bit weights behave exactly as
 in training), and only rotary embedding, the cache write and attention are written out here.
 
+When the run compiled its blocks (``train.compile``), the per-token step is compiled too
+(:func:`compiled_step`): at a few rows a step, its norms, rotary, cache writes and residual adds are small tensors
+paid for in per-operator overhead, which inductor's fused loops remove.
+
 That is only valid for models whose attention is exactly LLaMA's (rotary q/k, grouped keys and values, no
 sliding window within the rollout's length) and whose adapters live inside linear layers.
 :func:`lean_decoder` says whether a model qualifies; ``generate_rollout`` falls back to ``generate`` otherwise.
@@ -127,6 +131,7 @@ def decode(
     pad_token_id: int,
     finished_by: Callable[[list[int]], bool] | None = None,
     linears: dict[Projections, Projection] | None = None,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Sample ``group`` completions for each prompt; returns [N, T] new tokens, T <= ``max_new_tokens``.
 
@@ -134,9 +139,10 @@ def decode(
     and left-padded. A row is finished after EOS, or once ``finished_by(its tokens so far)`` says so (stop
     strings); a finished row gets ``pad_token_id`` from then on, and decoding ends early when every row has finished.
     ``linears`` computes groups of linear modules in the decode steps (see :func:`packed_linears`); modules not
-    in it are called as they are.
+    in it are called as they are. ``compiled`` runs the decode steps through :func:`compiled_step`.
     """
     table = linears or {}
+    step_logits = compiled_step() if compiled else _next_logits
     rows, width = prompt_ids.shape[0] * group, prompt_ids.shape[1]
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     prefill = DynamicCache()
@@ -151,6 +157,11 @@ def decode(
     logits = out.logits[:, -1].float().repeat_interleave(group, dim=0)  # [N, V]
     cache = [_KVBuffer(layer.keys, layer.values, group, width + max_new_tokens) for layer in prefill.layers]
     del prefill, out
+    if compiled:  # rollouts differ in prompt width: the compiled step takes any cache capacity
+        for buffer in cache:
+            for tensor in (buffer.keys, buffer.values):
+                torch._dynamo.mark_static(tensor, 0)
+                torch._dynamo.maybe_mark_dynamic(tensor, 2)
     # [N, 1, 1, W + M]: attend to the real prompt tokens and to every generated one (a finished row's pad tokens
     # are attended to as well; nothing reads that row's output any more).
     visible = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], max_new_tokens)], dim=1)
@@ -169,7 +180,7 @@ def decode(
             break
         position = position + 1
         column = width + step  # where this token's keys and values go
-        logits = _next_logits(model, table, cache, token, position, visible[..., : column + 1], column)
+        logits = step_logits(model, table, cache, token, position, visible[..., : column + 1], column)
     return torch.stack(generated, dim=1)
 
 
@@ -224,9 +235,36 @@ def _packed(modules: Projections, rows: int) -> Projection | None:
         bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in effective])
 
     def project(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if torch.compiler.is_compiling():
+            return torch.ops.tunekit.packed_linear(x, packed, bias, sum(sizes)).split(sizes, dim=-1)
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "").split(sizes, dim=-1)
 
     return project
+
+
+# oneDNN's linear on a weight reordered by ``_reorder_linear_weight``, as an op of tunekit's own, so that inductor
+# calls the kernel as it is inside a compiled step: its lowering of the mkldnn op itself only accepts weights frozen
+# into the graph as constants, and these change with every rollout. A plain library op rather than
+# ``torch.library.custom_op``, whose Python wrapper costs a third of a small matmul per call here.
+_LIBRARY = torch.library.Library("tunekit", "DEF")
+_LIBRARY.define("packed_linear(Tensor x, Tensor packed, Tensor? bias, SymInt out_features) -> Tensor")
+
+
+def _packed_linear_kernel(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    """[R, in] -> [R, out_features]."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _packed_linear_shape(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+_LIBRARY.impl("packed_linear", _packed_linear_kernel, "CompositeExplicitAutograd")
+torch.library.register_fake("tunekit::packed_linear", _packed_linear_shape, lib=_LIBRARY)
 
 
 def _effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -313,6 +351,38 @@ def _next_logits(
         gate, up = project(layer.post_attention_layernorm(hidden), mlp.gate_proj, mlp.up_proj)
         hidden = hidden + project(mlp.act_fn(gate) * up, mlp.down_proj)[0]
     return project(body.norm(hidden), model.lm_head)[0].float()
+
+
+_COMPILED_STEP: Callable[..., torch.Tensor] | None = None
+
+
+def compiled_step() -> Callable[..., torch.Tensor]:
+    """The decode step compiled by inductor, created on first use and shared by every rollout.
+
+    The KV length is what changes from step to step: dynamo's automatic dynamic shapes make it symbolic from the
+    second step on, and :func:`decode` marks the cache's capacity dynamic, so a rollout costs two compilations and
+    later rollouts with the same row count none. The row count stays static (a new one compiles its own graph):
+    symbolic rows multiply the compile time of this graph several times over.
+    """
+    global _COMPILED_STEP
+    if _COMPILED_STEP is None:
+        compiled = torch.compile(_next_logits, dynamic=None)
+
+        def step(
+            model: Any,
+            table: dict[Projections, Projection],
+            cache: list[_KVBuffer],
+            tokens: torch.Tensor,
+            position: torch.Tensor,
+            visible: torch.Tensor,
+            column: int,
+        ) -> torch.Tensor:
+            for rows_first in (tokens, position, visible):
+                torch._dynamo.mark_static(rows_first, 0)
+            return compiled(model, table, cache, tokens, position, visible, column)
+
+        _COMPILED_STEP = step
+    return _COMPILED_STEP
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

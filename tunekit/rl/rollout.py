@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from tunekit.losses.sft import IGNORE_INDEX
+from tunekit.models.compiled import is_compiled
 from tunekit.models.reference import unwrap
 from tunekit.rl.decode import Sampler, decode, lean_decoder, packed_linears
 
@@ -94,6 +95,7 @@ def generate_rollout(
             pad,
             _stop_check(tokenizer, sampling.stop_strings),
             packed_linears(lean, len(rows)),
+            compiled=is_compiled(generator),
         ).cpu()
     else:
         completions = _generate(generator, tokenizer, prompt_ids, prompt_mask, group, sampling)

@@ -80,8 +80,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     # Autocast compute precision; the stored weights keep model.dtype.
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    # torch.compile each transformer block for the training forward and backward (see tunekit/models/compiled.py):
-    # faster steps once the first few have paid for compilation (tens of seconds). Not with FSDP or ZeRO-3.
+    # torch.compile each transformer block for the training forward and backward, and the rollouts' decode step
+    # (see tunekit/models/compiled.py): faster steps once the first few have paid for compilation (tens of
+    # seconds). Not with FSDP or ZeRO-3.
     compile: bool = False
     # Write a metrics.jsonl line every this many optimizer steps; evaluation steps, the last step, loss spikes and
     # non-finite steps are logged whatever it says.
