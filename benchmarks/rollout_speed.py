@@ -27,7 +27,8 @@ from tunekit.data.prompts import PromptDataConfig, load_prompts  # noqa: E402
 from tunekit.models.adapters import AdapterConfig, apply_adapter  # noqa: E402
 from tunekit.models.load import ModelConfig, load_model, load_tokenizer  # noqa: E402
 from tunekit.rl import rollout  # noqa: E402
-from tunekit.rl.decode import Sampler, decode, lean_decoder, packed_linears  # noqa: E402
+from tunekit.rl.decode import Sampler, decode, lean_decoder  # noqa: E402
+from tunekit.rl.packed import packed_linears  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 from transformers import DynamicCache
 
+from tunekit.rl.packed import Projection, Projections
+
 # Attention classes that compute exactly q/k/v projections, rotary q and k, grouped-query softmax attention and an
 # output projection (projection biases live inside the linear modules).
 _LLAMA_ATTENTION = {"LlamaAttention", "MistralAttention", "Qwen2Attention"}
@@ -114,11 +116,6 @@ def lean_decoder(model: torch.nn.Module, total_length: int) -> torch.nn.Module |
     return model
 
 
-# Linear modules that read the same input, and a function computing all their outputs at once.
-Projections = tuple[torch.nn.Module, ...]
-Projection = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
-
-
 @torch.no_grad()
 def decode(
     model: torch.nn.Module,
@@ -138,8 +135,9 @@ def decode(
     ``model`` is what :func:`lean_decoder` returned, in eval mode. ``prompt_ids`` and ``prompt_mask`` are [P, W]
     and left-padded. A row is finished after EOS, or once ``finished_by(its tokens so far)`` says so (stop
     strings); a finished row gets ``pad_token_id`` from then on, and decoding ends early when every row has finished.
-    ``linears`` computes groups of linear modules in the decode steps (see :func:`packed_linears`); modules not
-    in it are called as they are. ``compiled`` runs the decode steps through :func:`compiled_step`.
+    ``linears`` computes groups of linear modules in the decode steps (see
+    :func:`tunekit.rl.packed.packed_linears`); modules not in it are called as they are. ``compiled`` runs the
+    decode steps through :func:`compiled_step`.
     """
     table = linears or {}
     step_logits = compiled_step() if compiled else _next_logits
@@ -182,116 +180,6 @@ def decode(
         column = width + step  # where this token's keys and values go
         logits = step_logits(model, table, cache, token, position, visible[..., : column + 1], column)
     return torch.stack(generated, dim=1)
-
-
-def packed_linears(model: torch.nn.Module, rows: int) -> dict[Projections, Projection]:
-    """oneDNN-packed fp32 weights for the decode steps of ``model`` on the CPU; {} elsewhere.
-
-    At a few rows a step, torch's default CPU matmul reads the weights at a fraction of the memory's rate; oneDNN's
-    inner product on weights reordered once for ``rows`` rows is about twice as fast here
-    (``benchmarks/decode_floor.py``). A plain LoRA layer is packed with its update merged in, ``W + s * B @ A``,
-    which also saves its two adapter matmuls a step, and projections of the same input (q, k and v; gate and up)
-    are packed as one matrix. The copies live for one rollout (the adapter changes between rollouts); layers of
-    other kinds (DoRA, IA3, 4-bit, other dtypes) keep their own forward.
-    """
-    if next(model.parameters()).device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return {}
-    groups: list[Projections] = []
-    for layer in model.model.layers:
-        attention, mlp = layer.self_attn, layer.mlp
-        groups += [(attention.q_proj, attention.k_proj, attention.v_proj), (attention.o_proj,)]
-        groups += [(mlp.gate_proj, mlp.up_proj), (mlp.down_proj,)]
-    groups.append((model.lm_head,))
-    if not _copy_fits(groups):
-        return {}
-    table: dict[Projections, Projection] = {}
-    for modules in groups:
-        packed = _packed(modules, rows)
-        if packed is not None:
-            table[modules] = packed
-    return table
-
-
-def _copy_fits(groups: list[Projections]) -> bool:
-    """Whether a packed fp32 copy of every weight in ``groups`` takes at most a quarter of the free memory.
-
-    A large model decoding on the CPU keeps its own forward rather than risk running out of memory mid-run.
-    """
-    import psutil
-
-    size = sum(getattr(module, "base_layer", module).weight.numel() * 4 for group in groups for module in group)
-    return size <= psutil.virtual_memory().available // 4
-
-
-def _packed(modules: Projections, rows: int) -> Projection | None:
-    """One packed matrix computing every module of ``modules`` (which share their input), or None."""
-    effective = [_effective_weight(module) for module in modules]
-    if any(weight is None or weight.dtype != torch.float32 for weight, _ in effective):
-        return None
-    sizes = [weight.shape[0] for weight, _ in effective]
-    packed = torch.ops.mkldnn._reorder_linear_weight(torch.cat([weight for weight, _ in effective]), rows)
-    bias = None
-    if any(b is not None for _, b in effective):
-        bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in effective])
-
-    def project(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if torch.compiler.is_compiling():
-            return torch.ops.tunekit.packed_linear(x, packed, bias, sum(sizes)).split(sizes, dim=-1)
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "").split(sizes, dim=-1)
-
-    return project
-
-
-# oneDNN's linear on a weight reordered by ``_reorder_linear_weight``, as an op of tunekit's own, so that inductor
-# calls the kernel as it is inside a compiled step: its lowering of the mkldnn op itself only accepts weights frozen
-# into the graph as constants, and these change with every rollout. A plain library op rather than
-# ``torch.library.custom_op``, whose Python wrapper costs a third of a small matmul per call here.
-_LIBRARY = torch.library.Library("tunekit", "DEF")
-_LIBRARY.define("packed_linear(Tensor x, Tensor packed, Tensor? bias, SymInt out_features) -> Tensor")
-
-
-def _packed_linear_kernel(
-    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
-) -> torch.Tensor:
-    """[R, in] -> [R, out_features]."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-
-def _packed_linear_shape(
-    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
-) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], out_features)
-
-
-_LIBRARY.impl("packed_linear", _packed_linear_kernel, "CompositeExplicitAutograd")
-torch.library.register_fake("tunekit::packed_linear", _packed_linear_shape, lib=_LIBRARY)
-
-
-def _effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(weight, bias) that ``module`` multiplies by, for a plain linear layer or plain LoRA; (None, None) otherwise."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
-    from tunekit.models.lora_linear import plain_lora_adapter
-
-    if type(module) is torch.nn.Linear:
-        return module.weight.detach(), _detached(module.bias)
-    if type(module) is not LoraLinear or type(module.base_layer) is not torch.nn.Linear or module.fan_in_fan_out:
-        return None, None
-    base = module.base_layer
-    if module.merged or module.disable_adapters:
-        return base.weight.detach(), _detached(base.bias)
-    adapter = plain_lora_adapter(module, (), {})
-    if adapter is None:
-        return None, None
-    a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
-    if not a.dtype == b.dtype == base.weight.dtype:
-        return None, None
-    merged = torch.addmm(base.weight, b, a, alpha=module.scaling[adapter]).detach()
-    return merged, _detached(base.bias)
-
-
-def _detached(bias: torch.Tensor | None) -> torch.Tensor | None:
-    return None if bias is None else bias.detach()
 
 
 def _check(finished: torch.Tensor, finished_by: Callable[[list[int]], bool], tokens: torch.Tensor) -> torch.Tensor:
@@ -362,7 +250,8 @@ def compiled_step() -> Callable[..., torch.Tensor]:
     The KV length is what changes from step to step: dynamo's automatic dynamic shapes make it symbolic from the
     second step on, and :func:`decode` marks the cache's capacity dynamic, so a rollout costs two compilations and
     later rollouts with the same row count none. The row count stays static (a new one compiles its own graph):
-    symbolic rows multiply the compile time of this graph several times over.
+    symbolic rows multiply the compile time of this graph several times over (about 300 s against 40 s for the
+    benchmark model on two CPU cores).
     """
     global _COMPILED_STEP
     if _COMPILED_STEP is None:

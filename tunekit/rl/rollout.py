@@ -18,7 +18,8 @@ import torch
 from tunekit.losses.sft import IGNORE_INDEX
 from tunekit.models.compiled import is_compiled
 from tunekit.models.reference import unwrap
-from tunekit.rl.decode import Sampler, decode, lean_decoder, packed_linears
+from tunekit.rl.decode import Sampler, decode, lean_decoder
+from tunekit.rl.packed import packed_linears
 
 
 @dataclass
