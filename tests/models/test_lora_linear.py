@@ -7,6 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from tunekit.models import lora_linear
 from tunekit.models.lora_linear import use_lean_forward
 from tunekit.models.tiny import tiny_model_path
 
@@ -42,16 +43,47 @@ def ids():
     return torch.randint(3, 400, (2, 48))
 
 
-def test_same_logits_and_gradients_as_peft(ids):
+def merged_calls(monkeypatch) -> list[int]:
+    """Count the layer calls that take the merged-weight route."""
+    calls: list[int] = []
+    apply = lora_linear._MergedLoRA.apply
+
+    def counting(*args):
+        calls.append(1)
+        return apply(*args)
+
+    monkeypatch.setattr(lora_linear._MergedLoRA, "apply", counting)
+    return calls
+
+
+# The tiny model's layers are 128 x 128 (q, o), 64 x 128 (k, v), 352 x 128 (gate, up) and 128 x 352 (down). The
+# merged route pays from 129, 86 and 188 rows on: 8 rows take it nowhere, 96 rows in k and v only, 256 everywhere.
+@pytest.mark.parametrize(("shape", "merged"), [((1, 8), 0), ((2, 48), 2 * 4), ((4, 64), 7 * 4)])
+def test_same_logits_and_gradients_as_peft(shape, merged, monkeypatch):
+    ids = torch.randint(3, 400, shape)
     model = lora_model()
     assert use_lean_forward(model) == 4 * 7  # every adapted linear of the 4 layers
+    calls = merged_calls(monkeypatch)
     lean_logits, lean_grads = run(model, ids)
+    assert len(calls) == merged
     peft_forward(model)
     logits, grads = run(model, ids)
     torch.testing.assert_close(lean_logits, logits, atol=1e-5, rtol=1e-5)
     assert lean_grads.keys() == grads.keys() and len(grads) == 2 * 4 * 7
     for name, grad in grads.items():
         torch.testing.assert_close(lean_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_no_grad_and_autocast_forwards_never_merge(monkeypatch):
+    ids = torch.randint(3, 400, (4, 64))
+    model = lora_model()
+    use_lean_forward(model)
+    calls = merged_calls(monkeypatch)
+    with torch.no_grad():
+        model(input_ids=ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids).logits.float().sum().backward()
+    assert calls == []
 
 
 def test_disabled_adapters_and_dora_are_peft_unchanged(ids):

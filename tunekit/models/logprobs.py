@@ -15,7 +15,7 @@ import torch
 
 from tunekit.losses.reduce import label_log_softmax, selective_log_softmax
 from tunekit.losses.sft import IGNORE_INDEX
-from tunekit.models import varlen
+from tunekit.models import last_layer, varlen
 
 
 def causal_lm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -60,6 +60,12 @@ def logits_at(
         "use_cache": False,
     }
     if _takes_logits_to_keep(model):
+        if last_layer.installed(model) and positions.numel():
+            # The last layer computes each needed row once (a shared prompt's last token may predict several
+            # labels), and the output head picks them up in the order asked for.
+            rows, order = torch.unique(positions, sorted=True, return_inverse=True)
+            inputs[last_layer.KEEP_ROWS] = rows
+            positions = order
         # squeeze, not [0]: indexing's backward would write the gradient into a zero tensor of the same size.
         return model(**inputs, logits_to_keep=positions).logits.squeeze(0)
     return model(**inputs).logits[0, positions]

@@ -94,6 +94,9 @@ def enable(model: torch.nn.Module) -> bool:
         return False
     _register()
     base.set_attn_implementation(IMPLEMENTATION)
+    from tunekit.models import last_layer  # it builds on this module
+
+    last_layer.install(model)
     return True
 
 
@@ -171,14 +174,14 @@ def _segment_attention(
         return F.scaled_dot_product_attention(
             q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=True
         )
-    allowed = _allowed(segment, window, q.device)
+    mask = allowed(segment, window, q.device)
     repeat = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scaling)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
 
 
 @functools.lru_cache(maxsize=256)
-def _allowed(segment: tuple[int, ...], window: int | None, device: torch.device) -> torch.Tensor:
+def allowed(segment: tuple[int, ...], window: int | None, device: torch.device) -> torch.Tensor:
     """[L, L] bool: token i may attend token j. Causal; a continuation sees the prompt and itself only; and with
     a sliding window, only keys fewer than ``window`` positions back."""
     prompt, *branches = segment

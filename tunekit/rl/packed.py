@@ -99,7 +99,7 @@ def _effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor | None, tor
     """(weight, bias) that ``module`` multiplies by, for a plain linear layer or plain LoRA; (None, None) otherwise."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
-    from tunekit.models.lora_linear import plain_lora_adapter
+    from tunekit.models.lora_linear import merged_weight, plain_lora_adapter
 
     if type(module) is torch.nn.Linear:
         return module.weight.detach(), _detached(module.bias)
@@ -114,8 +114,7 @@ def _effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor | None, tor
     a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
     if not a.dtype == b.dtype == base.weight.dtype:
         return None, None
-    merged = torch.addmm(base.weight, b, a, alpha=module.scaling[adapter]).detach()
-    return merged, _detached(base.bias)
+    return merged_weight(base.weight, a, b, module.scaling[adapter]).detach(), _detached(base.bias)
 
 
 def _detached(bias: torch.Tensor | None) -> torch.Tensor | None:
