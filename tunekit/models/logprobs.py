@@ -50,7 +50,8 @@ def logits_at(
     """Logits [K, V] of a padding-free row (``input_ids``, ``position_ids`` [1, N]) at ``positions`` [K] only.
 
     The output head runs on those K positions alone (transformers' ``logits_to_keep``), so neither padding nor
-    prompt positions ever get a [V]-wide row of logits.
+    prompt positions ever get a [V]-wide row of logits; on the CPU, so do the last layer's query, attention output
+    and MLP (:mod:`tunekit.models.last_layer`).
     """
     # No KV cache: a training forward never reuses one.
     inputs = {
@@ -60,9 +61,11 @@ def logits_at(
         "use_cache": False,
     }
     if _takes_logits_to_keep(model):
-        if last_layer.installed(model) and positions.numel():
-            # The last layer computes each needed row once (a shared prompt's last token may predict several
-            # labels), and the output head picks them up in the order asked for.
+        # On the CPU the last layer runs at the needed rows only. A GPU keeps the whole layer and with it the
+        # one-call flash attention of tunekit.models.flash_varlen: the trimmed layer's per-example attention is
+        # not measured there. Each needed row is computed once (a shared prompt's last token may predict several
+        # labels), and the output head picks them up in the order asked for.
+        if last_layer.installed(model) and positions.numel() and positions.device.type == "cpu":
             rows, order = torch.unique(positions, sorted=True, return_inverse=True)
             inputs[last_layer.KEEP_ROWS] = rows
             positions = order
