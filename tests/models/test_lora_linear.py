@@ -117,3 +117,22 @@ def test_under_autocast_it_matches_peft_to_bf16_precision(ids):
         lean = model(input_ids=ids).logits.float()
     assert lean.dtype == expected.dtype
     torch.testing.assert_close(lean, expected, atol=0.05, rtol=0.05)
+
+
+def test_a_compiled_layer_compiles_once_across_the_row_threshold():
+    """Under train.compile the route does not depend on the row count, which would recompile the block each time
+    a batch crossed the threshold."""
+    from torch._dynamo.utils import counters
+
+    model = lora_model()
+    use_lean_forward(model)
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
+    compiled = torch.compile(layer, dynamic=True)
+    torch._dynamo.reset()
+    counters.clear()
+    for rows in (300, 8, 200):  # the threshold of this 128 x 128 layer is 129 rows
+        x = torch.randn(rows, 128, requires_grad=True)
+        compiled(x).square().sum().backward()
+        expected = layer.base_layer(x) + layer.lora_B["default"](layer.lora_A["default"](x)) * layer.scaling["default"]
+        torch.testing.assert_close(compiled(x), expected, atol=1e-5, rtol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1

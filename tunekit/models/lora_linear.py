@@ -70,7 +70,8 @@ def lean_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
 def merges(layer: Any, adapter: str, x: torch.Tensor) -> bool:
     """Whether the lean forward of ``layer`` (a plain LoRA adapter, see :func:`plain_lora_adapter`) on input
     ``x`` [..., K] runs on the merged weight: a training forward of a frozen ``nn.Linear`` base, no adapter
-    dropout, one dtype throughout and no autocast, and enough rows to pay for the merge (module docstring)."""
+    dropout, one dtype throughout and no autocast, and enough rows to pay for the merge (module docstring) unless
+    compiled."""
     base, lora_a, lora_b = layer.base_layer, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
     if type(base) is not torch.nn.Linear or layer.fan_in_fan_out or base.weight.requires_grad:
         return False
@@ -80,6 +81,10 @@ def merges(layer: Any, adapter: str, x: torch.Tensor) -> bool:
         return False
     if not x.dtype == base.weight.dtype == lora_a.dtype == lora_b.dtype:
         return False
+    if torch.compiler.is_compiling():
+        # A compiled block (train.compile) would guard on the row count below and compile again each time a batch
+        # crossed the threshold; the merged route serves every batch there instead.
+        return True
     out_features, in_features = base.weight.shape
     rows = x.numel() // in_features
     return rows * (out_features + in_features) > 2 * out_features * in_features
