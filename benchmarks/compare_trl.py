@@ -4,12 +4,15 @@
     python benchmarks/compare_trl.py --recipe dpo --steps 8 --json dpo.json
     python benchmarks/compare_trl.py --recipe sft --device cuda --precision bf16 --shape 1b
 
-Each side (tunekit, and TRL in each of its settings: for SFT packing off and on) trains in its own process. After
-a few warm-up steps every side waits at a gate; then the sides take turns, one timed window of steps each, for
-``--windows`` rounds (the order reversed every other round), so that load from elsewhere on a shared machine
-falls on all of them. Printed and written as JSON: throughput (SFT real tokens/s, DPO pairs/s, GRPO
-completions/s), peak memory (resident set on the CPU, allocated memory on a GPU), final loss, the ratios
-tunekit / TRL, and for SFT the model FLOP/s as a fraction of a plain matmul's (MFU). See docs/benchmarks.md.
+Each side (tunekit, and TRL in each of its settings: for SFT packing off and on) trains in its own process. SFT
+also runs the issue's bare hand-written loop on the same tokens (``side_bare.py``), a reference for what the
+model's own arithmetic runs at on this machine. After a few warm-up steps every side waits at a gate; then the
+sides take turns, one timed window of steps each, for ``--windows`` rounds (the order reversed every other round),
+so that load from elsewhere on a shared machine falls on all of them. Printed and written as JSON: throughput (SFT
+real tokens/s, DPO pairs/s, GRPO completions/s), peak memory (resident set on the CPU, allocated memory on a GPU),
+final loss, the ratios tunekit / TRL (summed over the windows, and the median of the per-window ratios where the
+windows held the same work), and for SFT the model FLOP/s as a fraction of a plain matmul's (MFU). See
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,12 +54,16 @@ def sides_for(recipe: str, trl_checkpointing: bool, compile: bool = False) -> li
             ("tunekit-packing", "tunekit", {"packing": True}),
             ("trl", "trl", {**trl, "packing": False}),
             ("trl-packing", "trl", {**trl, "packing": True}),
+            # The issue's "bare hand-written loop" on the same tokens (benchmarks/side_bare.py): a reference for
+            # what the model's arithmetic alone runs at here, not a contender.
+            ("bare", "bare", {}),
         ]
     else:
         sides = [("tunekit", "tunekit", {}), ("trl", "trl", trl)]
     if compile:
         # The unpacked (or only) setting of each side, compiled.
-        plain = [next(entry for entry in sides if entry[1] == side) for side in ("tunekit", "trl")]
+        kinds = ("tunekit", "trl", "bare") if recipe == "sft" else ("tunekit", "trl")
+        plain = [next(entry for entry in sides if entry[1] == side) for side in kinds]
         sides += [(f"{name}-compile", side, {**setting, "compile": True}) for name, side, setting in plain]
     return sides
 
@@ -209,6 +217,7 @@ def summarise(
             "units": units,
             "real_tokens": sum(w["tokens"] for w in worker.windows),
             "window_throughputs": [rate(w) for w in worker.windows],
+            "window_units": [w["units"] for w in worker.windows],
             "peak_memory_mb": worker.peak_memory_mb,
             "final_loss": worker.losses[-1] if worker.losses else None,
             "losses": worker.losses,
@@ -239,24 +248,35 @@ def summarise(
 
 def compare(sides: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """tunekit / TRL throughput and peak memory: every tunekit side against every TRL side, and the fastest of
-    each against the fastest of the other (the issue's measure: TRL's faster setting counts)."""
-    ours = [name for name in sides if name.startswith("tunekit")]
-    theirs = [name for name in sides if not name.startswith("tunekit")]
-    best_ours = max(ours, key=lambda name: sides[name]["throughput"])
-    best_theirs = max(theirs, key=lambda name: sides[name]["throughput"])
+    each against the fastest of the other (the issue's measure: TRL's faster setting counts). For SFT, also the
+    fastest tunekit side against the fastest bare loop (``reference``).
+
+    Where two sides' windows held the same units (tokens, pairs or completions; for SFT unpacked and DPO, the same
+    batches), a ratio also carries ``window_median``, the median of the per-window ratios: a burst of load from
+    elsewhere, or one slow window, moves it far less than the summed ratio."""
+    ours, theirs, bare = ([name for name in sides if name.startswith(kind)] for kind in ("tunekit", "trl", "bare"))
+    best_ours, best_theirs = (max(names, key=lambda name: sides[name]["throughput"]) for names in (ours, theirs))
 
     def ratio(a: str, b: str) -> dict[str, float]:
-        return {
+        out = {
             "throughput": sides[a]["throughput"] / sides[b]["throughput"],
             "peak_memory": sides[a]["peak_memory_mb"] / sides[b]["peak_memory_mb"],
         }
+        if sides[a]["window_units"] == sides[b]["window_units"]:
+            pairs = zip(sides[a]["window_throughputs"], sides[b]["window_throughputs"], strict=True)
+            out["window_median"] = statistics.median(x / y for x, y in pairs)
+        return out
 
-    return {
+    result = {
         "best_tunekit": best_ours,
         "best_trl": best_theirs,
         "best": ratio(best_ours, best_theirs),
         "pairs": {f"{a} / {b}": ratio(a, b) for a in ours for b in theirs},
     }
+    if bare:
+        best_bare = max(bare, key=lambda name: sides[name]["throughput"])
+        result["reference"] = {"best_bare": best_bare, **ratio(best_ours, best_bare)}
+    return result
 
 
 def machine(device: str) -> dict[str, Any]:
@@ -309,15 +329,21 @@ def print_table(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
         print(row, file=out)
     ratios = result["ratios"]
     for pair, ratio in ratios["pairs"].items():
-        print(f"{pair}: {ratio['throughput']:.2f}x throughput, {ratio['peak_memory']:.2f}x peak memory", file=out)
-    best = ratios["best"]
-    print(
-        f"fastest ({ratios['best_tunekit']}) / fastest TRL ({ratios['best_trl']}): {best['throughput']:.2f}x "
-        f"throughput, {best['peak_memory']:.2f}x peak memory",
-        file=out,
-    )
+        print(f"{pair}: {describe(ratio)}", file=out)
+    best = ratios["best_tunekit"]
+    print(f"fastest ({best}) / fastest TRL ({ratios['best_trl']}): {describe(ratios['best'])}", file=out)
+    if "reference" in ratios:
+        reference = ratios["reference"]
+        print(f"fastest ({best}) / fastest bare loop ({reference['best_bare']}): {describe(reference)}", file=out)
     if result["matmul_flops_per_s"]:
         print(f"plain matmul: {result['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s ({result['precision']})", file=out)
+
+
+def describe(ratio: dict[str, float]) -> str:
+    text = f"{ratio['throughput']:.2f}x throughput"
+    if "window_median" in ratio:
+        text += f" (per-window median {ratio['window_median']:.2f}x)"
+    return text + f", {ratio['peak_memory']:.2f}x peak memory"
 
 
 def say(args: argparse.Namespace, text: str) -> None:

@@ -28,8 +28,9 @@ from workload import SHAPES, model_path, workload  # noqa: E402
 class ProfileGate:
     """The benchmark gate's interface (``boundary``, ``record``): profile steps warmup .. warmup + steps - 1."""
 
-    def __init__(self, warmup: int, steps: int, device: str, row_limit: int):
+    def __init__(self, warmup: int, steps: int, device: str, row_limit: int, by_shape: bool = False):
         self.warmup, self.steps, self.device, self.row_limit = warmup, steps, device, row_limit
+        self.by_shape = by_shape
         self.tokens: list[float] = []
         self.profiler: torch.profiler.profile | None = None
         self.started_at = 0.0
@@ -46,7 +47,7 @@ class ProfileGate:
             activities = [torch.profiler.ProfilerActivity.CPU]
             if self.device == "cuda":
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
-            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler = torch.profiler.profile(activities=activities, record_shapes=self.by_shape)
             self._sync()
             self.profiler.start()
             self.started_at = time.perf_counter()
@@ -69,6 +70,28 @@ class ProfileGate:
         for key in keys:
             print(f"\nby {key}:")
             print(averages.table(sort_by=key, row_limit=self.row_limit, max_name_column_width=60))
+        if self.by_shape:
+            self.report_matmuls()
+
+    def report_matmuls(self) -> None:
+        """Each matmul shape's calls, self time and achieved GFLOP/s (2 M K N a call), slowest total first."""
+        assert self.profiler is not None
+        rows = []
+        for event in self.profiler.key_averages(group_by_input_shape=True):
+            if event.key not in ("aten::mm", "aten::addmm"):
+                continue
+            # mm(left, right[, out=]) and addmm(bias, left, right[, ...])
+            left, right = event.input_shapes[1:3] if event.key == "aten::addmm" else event.input_shapes[:2]
+            flops = 2 * left[0] * left[1] * right[1] * event.count
+            seconds = event.self_cpu_time_total / 1e6
+            rows.append((seconds, event.key, left, right, event.count, flops / max(seconds, 1e-12) / 1e9))
+        print("\nmatmuls by shape (self CPU time; per profiled step = total / steps):")
+        print(f"{'op':<11} {'left':>14} {'right':>14} {'calls':>6} {'ms/step':>8} {'GFLOP/s':>8}")
+        for seconds, key, left, right, count, rate in sorted(rows, key=lambda row: row[0], reverse=True)[:40]:
+            print(
+                f"{key:<11} {str(left):>14} {str(right):>14} {count // self.steps:>6} "
+                f"{seconds * 1000 / self.steps:>8.1f} {rate:>8.1f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rows", type=int, help="read only the first ROWS rows of the data")
     parser.add_argument("--row-limit", type=int, default=25, help="operators listed per table")
+    parser.add_argument("--by-shape", action="store_true", help="also list every matmul shape's time and GFLOP/s")
     args = parser.parse_args(argv)
 
     import side_tunekit
@@ -98,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         flash_varlen.usable = lambda query: False
 
     work = workload("sft", str(model_path(args.shape)), args.precision, args.device, args.rows, args.weights)
-    gate = ProfileGate(args.warmup, args.steps, args.device, args.row_limit)
+    gate = ProfileGate(args.warmup, args.steps, args.device, args.row_limit, args.by_shape)
     setting: dict[str, Any] = {"packing": args.packing, "compile": args.compile}
     with tempfile.TemporaryDirectory(prefix="profile-sft-") as out:
         side_tunekit.run(work, setting, gate, Path(out) / "run", args.warmup + args.steps)  # type: ignore[arg-type]

@@ -15,23 +15,13 @@ from typing import Any
 import torch
 from flops import Dims, sft_step_flops
 from gate import Finished, Gate
-from workload import Workload, dpo_data_config, grpo_data_config, sft_data_config
-
-
-def tunekit_order(n: int, seed: int) -> list[int]:
-    """The order in which tunekit's runner visits ``n`` items in epoch 0 (see tunekit.train.runner)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+from workload import Workload, dpo_data_config, grpo_data_config, sft_examples, tunekit_order
 
 
 def sft_dataset(work: Workload, tokenizer: Any) -> Any:
     from datasets import Dataset
 
-    from tunekit.config import from_dict
-    from tunekit.data.sft import DataConfig, load_sft_data
-
-    config = from_dict(DataConfig, sft_data_config(work, packing=False))
-    examples, _, _ = load_sft_data(config, tokenizer, work.seed, lambda n, s: [])
-    examples = [examples[i] for i in tunekit_order(len(examples), work.seed)]
+    examples = sft_examples(work, tokenizer)
     return Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]})
 
 

@@ -1,6 +1,6 @@
 """One side of the comparison in its own process (so that its peak memory is its own).
 
-    python benchmarks/worker.py --side tunekit|trl --setting '{"packing": true}' --workload '{...}' \
+    python benchmarks/worker.py --side tunekit|trl|bare --setting '{"packing": true}' --workload '{...}' \
         --warmup 2 --window 3 --windows 4 --output-dir DIR
 
 Started and driven by compare_trl.py: it reports on its original stdout (one JSON object per line) and reads
@@ -10,6 +10,7 @@ Started and driven by compare_trl.py: it reports on its original stdout (one JSO
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -25,7 +26,7 @@ from workload import Workload  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--side", choices=["tunekit", "trl"], required=True)
+    parser.add_argument("--side", choices=["tunekit", "trl", "bare"], required=True)
     parser.add_argument("--setting", default="{}")
     parser.add_argument("--workload", required=True)
     parser.add_argument("--warmup", type=int, required=True)
@@ -44,14 +45,8 @@ def main() -> None:
     gate.send({"event": "started", "peak_memory_mb": peak_memory_mb(work.device)})
     max_steps = args.warmup + args.window * args.windows
     try:
-        if args.side == "tunekit":
-            import side_tunekit
-
-            losses = side_tunekit.run(work, setting, gate, Path(args.output_dir), max_steps)
-        else:
-            import side_trl
-
-            losses = side_trl.run(work, setting, gate, Path(args.output_dir), max_steps)
+        module = importlib.import_module(f"side_{args.side}")
+        losses = module.run(work, setting, gate, Path(args.output_dir), max_steps)
     except BaseException as err:  # report, then fail: the driver shows the error of the side that broke
         gate.send({"event": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
         raise

@@ -125,6 +125,23 @@ def sft_data_config(work: Workload, packing: bool) -> dict[str, Any]:
     }
 
 
+def tunekit_order(n: int, seed: int) -> list[int]:
+    """The order in which tunekit's runner visits ``n`` items in epoch 0 (see tunekit.train.runner)."""
+    import torch
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def sft_examples(work: Workload, tokenizer: Any) -> list[Any]:
+    """The unpacked SFT examples, tokenized by tunekit's code, in the order tunekit's runner visits them."""
+    from tunekit.config import from_dict
+    from tunekit.data.sft import DataConfig, load_sft_data
+
+    config = from_dict(DataConfig, sft_data_config(work, packing=False))
+    examples, _, _ = load_sft_data(config, tokenizer, work.seed, lambda n, s: [])
+    return [examples[i] for i in tunekit_order(len(examples), work.seed)]
+
+
 def dpo_data_config(work: Workload) -> dict[str, Any]:
     # Some hh-rlhf prompts alone are longer than max_length; both sides keep the last half of max_length of a
     # prompt (the turns next to the response), as TRL's max_prompt_length did before it was removed.

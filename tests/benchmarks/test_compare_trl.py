@@ -21,7 +21,7 @@ QUICK = [
     "--warmup=1",
     "--matmul-seconds=0.1",
     "--quiet",
-    # One thread per side: seven processes start at once, and tiny ops pay dearly for idle thread waits.
+    # One thread per side: eight processes start at once, and tiny ops pay dearly for idle thread waits.
     "--threads=1",
 ]
 SIDE_FIELDS = {
@@ -32,6 +32,7 @@ SIDE_FIELDS = {
     "units",
     "real_tokens",
     "window_throughputs",
+    "window_units",
     "peak_memory_mb",
     "final_loss",
     "losses",
@@ -39,7 +40,7 @@ SIDE_FIELDS = {
 
 
 SIDES = {
-    "sft": {"tunekit", "tunekit-packing", "trl", "trl-packing"},
+    "sft": {"tunekit", "tunekit-packing", "trl", "trl-packing", "bare"},
     "dpo": {"tunekit", "trl"},
     "grpo": {"tunekit", "trl"},
 }
@@ -85,12 +86,20 @@ def test_quick_comparison_reports_every_figure_and_both_sides_train(results, rec
     if recipe == "sft":
         # Both count real tokens the same way: the same examples hold the same number of them.
         assert result["sides"]["tunekit"]["real_tokens"] == result["sides"]["trl"]["real_tokens"]
+        # The bare loop lays the same examples end to end in 8 equal rows: it drops at most 7 tokens a step.
+        tokens, bare = result["sides"]["tunekit"]["real_tokens"], result["sides"]["bare"]["real_tokens"]
+        assert tokens - 7 * 2 <= bare <= tokens
+        assert ratios["reference"]["best_bare"] == "bare" and ratios["reference"]["throughput"] > 0
+    if recipe in ("sft", "dpo"):
+        # The same batches in every window: the per-window ratio's median is reported beside the summed one.
+        assert ratios["pairs"]["tunekit / trl"]["window_median"] > 0
 
 
 @pytest.mark.parametrize("recipe", sorted(SIDES))
 def test_compile_adds_one_compiled_side_each_beside_the_eager_ones(recipe):
     sides = {name: (side, setting) for name, side, setting in compare_trl.sides_for(recipe, False, compile=True)}
-    assert set(sides) == SIDES[recipe] | {"tunekit-compile", "trl-compile"}
+    compiled = {"tunekit-compile", "trl-compile"} | ({"bare-compile"} if recipe == "sft" else set())
+    assert set(sides) == SIDES[recipe] | compiled
     for name, (_side, setting) in sides.items():
         assert setting.get("compile", False) == name.endswith("-compile")
         assert not setting.get("packing", False) or not setting.get("compile", False)
