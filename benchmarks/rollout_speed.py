@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def loop(batch: list, compiled: bool = False) -> torch.Tensor:
         width = max(len(p.prompt_ids) for p in batch)
-        ids, mask = rollout._left_padded(batch, width, tokenizer.pad_token_id)
+        ids, mask = rollout.left_padded(batch, width, tokenizer.pad_token_id)
         lean = lean_decoder(model, width + new)
         assert lean is not None
         ids, mask = ids.to(args.device), mask.to(args.device)
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def generate(batch: list) -> torch.Tensor:
         width = max(len(p.prompt_ids) for p in batch)
-        ids, mask = rollout._left_padded(batch, width, tokenizer.pad_token_id)
-        return rollout._generate(model, tokenizer, ids, mask, group, sampling)
+        ids, mask = rollout.left_padded(batch, width, tokenizer.pad_token_id)
+        return rollout.generate_with_transformers(model, tokenizer, ids, mask, group, sampling)
 
     ways = {"tunekit loop": loop, "generate": generate}
     if args.compile:

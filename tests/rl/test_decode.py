@@ -221,7 +221,7 @@ def test_no_packed_copies_when_memory_is_short(monkeypatch):
 def test_generate_fallback_ignores_the_checkpoints_generation_config(tokenizer):
     """Settings a checkpoint ships in generation_config.json would make the fallback's samples differ from the
     policy's distribution (and from the lean loop's): they are set aside for the rollout, then restored."""
-    from tunekit.rl.rollout import SamplingConfig, _generate
+    from tunekit.rl.rollout import SamplingConfig, generate_with_transformers
 
     model = adapted("tiny-llama")
     ids, mask = prompts(tokenizer)
@@ -230,7 +230,7 @@ def test_generate_fallback_ignores_the_checkpoints_generation_config(tokenizer):
     config = model.get_base_model().generation_config
     config.suppress_tokens = sorted(set(expected[:, 0].tolist()))  # would forbid every greedy first token
     config.repetition_penalty = 5.0
-    got = _generate(model, tokenizer, ids, mask, GROUP, sampling)
+    got = generate_with_transformers(model, tokenizer, ids, mask, GROUP, sampling)
     # The fallback stops a row at EOS (greedy_generate does not): compare each row up to its first EOS.
     ended = (expected == tokenizer.eos_token_id).long().cumsum(-1)
     upto = (ended == 0) | ((ended == 1) & (expected == tokenizer.eos_token_id))

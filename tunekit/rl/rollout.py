@@ -78,7 +78,7 @@ def generate_rollout(
     rows = [p for p in prompts for _ in range(group)]
     width = max(len(p.prompt_ids) for p in prompts)
     pad = tokenizer.pad_token_id
-    prompt_ids, prompt_mask = _left_padded(prompts, width, pad)  # [P, W] each
+    prompt_ids, prompt_mask = left_padded(prompts, width, pad)  # [P, W] each
     device = next(model.parameters()).device
     generator = unwrap(model)
     was_training = generator.training
@@ -99,7 +99,7 @@ def generate_rollout(
             compiled=is_compiled(generator),
         ).cpu()
     else:
-        completions = _generate(generator, tokenizer, prompt_ids, prompt_mask, group, sampling)
+        completions = generate_with_transformers(generator, tokenizer, prompt_ids, prompt_mask, group, sampling)
     generator.train(was_training)
     prompt_ids = prompt_ids.repeat_interleave(group, dim=0)
     prompt_mask = prompt_mask.repeat_interleave(group, dim=0)
@@ -130,7 +130,7 @@ def generate_rollout(
     )
 
 
-def _left_padded(prompts: list[PromptExample], width: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(prompts: list[PromptExample], width: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[P, W] token ids and attention mask of ``prompts``, left-padded to ``width``."""
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -140,7 +140,7 @@ def _left_padded(prompts: list[PromptExample], width: int, pad: int) -> tuple[to
     return ids, mask
 
 
-def _generate(
+def generate_with_transformers(
     model: Any,
     tokenizer: Any,
     prompt_ids: torch.Tensor,
