@@ -85,13 +85,29 @@ class ProfileGate:
             flops = 2 * left[0] * left[1] * right[1] * event.count
             seconds = event.self_cpu_time_total / 1e6
             rows.append((seconds, event.key, left, right, event.count, flops / max(seconds, 1e-12) / 1e9))
-        print("\nmatmuls by shape (self CPU time; per profiled step = total / steps):")
-        print(f"{'op':<11} {'left':>14} {'right':>14} {'calls':>6} {'ms/step':>8} {'GFLOP/s':>8}")
-        for seconds, key, left, right, count, rate in sorted(rows, key=lambda row: row[0], reverse=True)[:40]:
+        print(f"\nmatmuls by shape, over all {self.steps} profiled steps (self CPU time; alone: the same shape")
+        print("timed by itself right after, best of 5, the rate the step's matmul could reach at this moment):")
+        print(f"{'op':<11} {'left':>14} {'right':>14} {'calls':>6} {'ms':>8} {'GFLOP/s':>8} {'alone':>8}")
+        for seconds, key, left, right, count, rate in sorted(rows, key=lambda row: row[0], reverse=True)[:30]:
+            alone = self.matmul_alone(left, right)
             print(
-                f"{key:<11} {str(left):>14} {str(right):>14} {count // self.steps:>6} "
-                f"{seconds * 1000 / self.steps:>8.1f} {rate:>8.1f}"
+                f"{key:<11} {str(left):>14} {str(right):>14} {count:>6} {seconds * 1000:>8.1f} {rate:>8.1f} "
+                f"{alone:>8.1f}"
             )
+
+    def matmul_alone(self, left: list[int], right: list[int]) -> float:
+        """GFLOP/s of one ``left x right`` matmul on this device, best of 5 after a warm-up call."""
+        a = torch.randn(left, device=self.device)
+        b = torch.randn(right, device=self.device)
+        best = float("inf")
+        for attempt in range(6):
+            self._sync()
+            start = time.perf_counter()
+            torch.mm(a, b)
+            self._sync()
+            if attempt:
+                best = min(best, time.perf_counter() - start)
+        return 2 * left[0] * left[1] * right[1] / best / 1e9
 
 
 def main(argv: list[str] | None = None) -> None:
