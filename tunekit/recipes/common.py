@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,11 +12,14 @@ from typing import Any, TypeVar
 import torch
 
 from tunekit.config import all_keys, load_config
+from tunekit.errors import exit_on_user_error
 from tunekit.models.load import ModelConfig
+from tunekit.train.engines import leave_process_group
 from tunekit.train.rundir import prepare_output_dir
 from tunekit.train.runner import RunSpec, TrainConfig
 
 C = TypeVar("C")
+R = TypeVar("R")
 
 
 @dataclass
@@ -64,6 +68,17 @@ def parse_args(cls: type[C], argv: list[str] | None, recipe: str, doc: str | Non
     if getattr(config, "output_dir", "") is None:
         config.output_dir = f"runs/{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"  # type: ignore[attr-defined]
     return config
+
+
+def run_command(main: Callable[[], R]) -> R:
+    """A recipe run as a process (``python -m tunekit.recipes.<name>``, one per rank under a launcher).
+
+    A user's mistake exits with code 2 and one message (see :func:`exit_on_user_error`); a finished run leaves
+    its process group before the interpreter shuts down (see :func:`leave_process_group`).
+    """
+    result = exit_on_user_error(main)
+    leave_process_group()
+    return result
 
 
 def start_run(config: RecipeConfig) -> tuple[Path, Path | None]:

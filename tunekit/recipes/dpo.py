@@ -22,14 +22,14 @@ from safetensors.torch import load_file, save_file
 from tunekit.data import synthetic
 from tunekit.data.collate import collate_pairs
 from tunekit.data.pairs import PairDataConfig, PairExample, load_pair_data
-from tunekit.errors import ConfigError, exit_on_user_error
+from tunekit.errors import ConfigError
 from tunekit.losses.preference import REFERENCE_FREE, PairLogps, PreferenceLossConfig, preference_loss
 from tunekit.models.adapters import check_adapter_use, count_parameters
 from tunekit.models.load import load_tokenizer
 from tunekit.models.logprobs import sequence_logps
 from tunekit.models.policy import build_policy
 from tunekit.models.reference import ReferencePolicy
-from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_spec, say, start_run
+from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
 from tunekit.train.runner import RunResult, TrainConfig, train
 
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -176,4 +176,4 @@ def main(argv: list[str] | None = None) -> RunResult:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    run_command(main)

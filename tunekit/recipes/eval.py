@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.data.sft import tokenize_rows
-from tunekit.errors import ConfigError, exit_on_user_error
+from tunekit.errors import ConfigError
 from tunekit.eval.data import EvalDataConfig, build_prompts, load_eval_rows, require_column, sft_data_config
 from tunekit.eval.model import Device, check_causal_lm, load_eval_model, resolve_device
 from tunekit.eval.perplexity import perplexity
@@ -26,7 +26,7 @@ from tunekit.eval.results import results_record, sample_lines, write_run
 from tunekit.eval.sampling import GenerationConfig, check_generation, generate
 from tunekit.eval.tasks import GENERATION_TASKS, TASKS, ExactMatchConfig, WinRateConfig, exact_match, win_rate
 from tunekit.models.load import ModelConfig, load_tokenizer
-from tunekit.recipes.common import parse_args, say
+from tunekit.recipes.common import parse_args, run_command, say
 from tunekit.rl.rewards import RewardSource, load_reward_function, load_reward_sources
 from tunekit.train.rundir import check_room_for_checkpoints, prepare_output_dir
 
@@ -172,4 +172,4 @@ def main(argv: list[str] | None = None) -> EvalResult:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    run_command(main)

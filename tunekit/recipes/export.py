@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tunekit.errors import ConfigError, ModelError, exit_on_user_error
+from tunekit.errors import ConfigError, ModelError
 from tunekit.models.adapters import check_mergeable
 from tunekit.models.load import DTYPES, load_tokenizer, resolve_model_path
-from tunekit.recipes.common import parse_args, say
+from tunekit.recipes.common import parse_args, run_command, say
 
 
 @dataclass
@@ -77,4 +77,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    run_command(main)

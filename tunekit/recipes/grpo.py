@@ -16,12 +16,12 @@ from functools import partial
 from pathlib import Path
 
 from tunekit.data.prompts import PromptDataConfig, collate_prompts, load_prompts
-from tunekit.errors import ConfigError, exit_on_user_error
+from tunekit.errors import ConfigError
 from tunekit.models.adapters import check_adapter_use, count_parameters
 from tunekit.models.load import ModelConfig, load_tokenizer
 from tunekit.models.policy import build_policy
 from tunekit.models.reference import ReferencePolicy
-from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_spec, say, start_run
+from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
 from tunekit.rl.grpo import GRPOLossConfig, GRPOTrainer
 from tunekit.rl.rewards import RewardSource, load_reward_function
 from tunekit.rl.rollout import SamplingConfig
@@ -115,4 +115,4 @@ def main(argv: list[str] | None = None) -> RunResult:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    run_command(main)

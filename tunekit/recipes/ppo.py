@@ -17,11 +17,11 @@ from functools import partial
 from pathlib import Path
 
 from tunekit.data.prompts import PromptDataConfig, collate_prompts, load_prompts
-from tunekit.errors import ConfigError, ModelError, exit_on_user_error
+from tunekit.errors import ConfigError, ModelError
 from tunekit.models.adapters import check_adapter_use, count_parameters
 from tunekit.models.load import ModelConfig, adapter_dir, load_tokenizer
 from tunekit.models.policy import build_policy
-from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_spec, say, start_run
+from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
 from tunekit.rl.ppo import PPOLossConfig, PPOTrainer
 from tunekit.rl.rewards import RewardSource, load_reward_function
 from tunekit.rl.roles import CriticConfig, SharedRoles, policy_base, same_base
@@ -162,4 +162,4 @@ def main(argv: list[str] | None = None) -> RunResult:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    run_command(main)

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 
 from tunekit.data import synthetic
 from tunekit.data.sft import DataConfig
-from tunekit.errors import exit_on_user_error
 from tunekit.recipes import sft
-from tunekit.recipes.common import parse_args
+from tunekit.recipes.common import parse_args, run_command
 from tunekit.train.runner import RunResult
 
 
@@ -35,4 +34,4 @@ def main(argv: list[str] | None = None) -> RunResult:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    run_command(main)

@@ -18,12 +18,11 @@ import torch
 from tunekit.data import synthetic
 from tunekit.data.collate import collate_pairs
 from tunekit.data.pairs import PairDataConfig, PairExample, load_pair_data
-from tunekit.errors import exit_on_user_error
 from tunekit.losses.reward import bradley_terry_loss
 from tunekit.models.adapters import apply_adapter, check_adapter_use, count_parameters
 from tunekit.models.load import load_model, load_tokenizer
 from tunekit.models.reward import last_token_scores
-from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_spec, say, start_run
+from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
 from tunekit.train.runner import RunResult, TrainConfig, train
 
 
@@ -119,4 +118,4 @@ def main(argv: list[str] | None = None) -> RunResult:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    run_command(main)

@@ -19,13 +19,12 @@ from tunekit.data import synthetic
 from tunekit.data.collate import collate_examples, collate_packed, collate_padding_free, model_inputs
 from tunekit.data.packing import pack_examples
 from tunekit.data.sft import DataConfig, load_sft_data
-from tunekit.errors import exit_on_user_error
 from tunekit.losses.sft import label_cross_entropy, token_cross_entropy
 from tunekit.models import varlen
 from tunekit.models.adapters import apply_adapter, check_adapter_use, count_parameters
 from tunekit.models.load import load_model, load_tokenizer
 from tunekit.models.logprobs import causal_lm_logits, label_logits
-from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_spec, say, start_run
+from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
 from tunekit.train.runner import RunResult, train
 
 
@@ -91,4 +90,4 @@ def main(argv: list[str] | None = None) -> RunResult:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    run_command(main)

@@ -123,3 +123,15 @@ def global_sum(accelerator: Any, value: float) -> float:
         return float(value)
     tensor = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
     return float(accelerator.reduce(tensor, reduction="sum").item())
+
+
+def leave_process_group() -> None:
+    """Destroy the default process group, if this process joined one; call it once a run has finished everywhere.
+
+    Left to interpreter shutdown, gloo's worker threads can still hold finished collectives whose tensors refer
+    to Python objects; freeing them after the interpreter is gone aborts the process ("terminate called without
+    an active exception", pytorch/pytorch#190489), which turns a finished run into a failed launch. Not called
+    after an error: a process that failed alone would wait forever for the others to leave with it.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
