@@ -42,7 +42,9 @@ from tunekit.train.engines import (
     make_accelerator,
     micro_batch,
 )
+from tunekit.train.evaluate import run_evaluation, to_device
 from tunekit.train.log import MetricsLog, Progress
+from tunekit.train.optim import build_optimizer, build_scheduler
 from tunekit.train.precision import compute
 from tunekit.train.rundir import check_room_for_checkpoints
 from tunekit.train.signals import PREEMPTED_EXIT_CODE, StopSignal
@@ -146,38 +148,6 @@ class TrainingStopped(UserError):
     """Training could not go on (e.g. repeated non-finite losses); the last good checkpoint is kept."""
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("the model has no trainable parameters; check model.adapter")
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
-    try:
-        import bitsandbytes as bnb
-    except Exception as err:
-        raise ConfigError(
-            f"train.optimizer={config.optimizer} needs bitsandbytes, which cannot run here: {err}"
-        ) from None
-    cls = bnb.optim.AdamW8bit if config.optimizer == "adamw_8bit" else bnb.optim.PagedAdamW8bit
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Any:
-    from transformers import (
-        get_constant_schedule_with_warmup,
-        get_cosine_schedule_with_warmup,
-        get_linear_schedule_with_warmup,
-    )
-
-    warmup = int(config.warmup_ratio * total_steps)
-    if config.scheduler == "constant":
-        return get_constant_schedule_with_warmup(optimizer, warmup)
-    make = get_cosine_schedule_with_warmup if config.scheduler == "cosine" else get_linear_schedule_with_warmup
-    return make(optimizer, warmup, total_steps)
-
-
 def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     """Run the loop described in the module docstring; returns the final step and the logged history."""
     cfg = spec.train
@@ -263,12 +233,12 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
         for k in range(cfg.grad_accum_steps):
             start = (within * cfg.grad_accum_steps + k) * cfg.micro_batch_size * world
             mine = order[start + accelerator.process_index * cfg.micro_batch_size :][: cfg.micro_batch_size]
-            batches.append(_to_device(spec.collate([spec.items[i] for i in mine]), accelerator.device))
+            batches.append(to_device(spec.collate([spec.items[i] for i in mine]), accelerator.device))
         return batches
 
     if cfg.eval_every and start_step == 0:
         # A step-0 evaluation is the baseline every curve is read against.
-        baseline = {"step": 0, "epoch": 0.0, **_evaluate(spec, model, step_fn, accelerator)}
+        baseline = {"step": 0, "epoch": 0.0, **run_evaluation(spec, model, step_fn, accelerator)}
         if len(baseline) > 2:
             history.append(baseline)
             if log is not None:
@@ -352,7 +322,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                     accelerator.print(f"step {step}: loss {loss_mean:.4g} is a spike; its examples: {ids}")
                 window_tokens, window_start = 0, time.perf_counter()
                 if evaluating:
-                    record.update(_evaluate(spec, model, step_fn, accelerator))
+                    record.update(run_evaluation(spec, model, step_fn, accelerator))
                     window_start = time.perf_counter()
                 history.append(record)
                 if log is not None:
@@ -395,43 +365,3 @@ def _save_final_atomically(save: Callable[[torch.nn.Module, Path], None], model:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-
-
-def _evaluate(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn, accelerator: Any) -> dict[str, float]:
-    if not spec.eval_items and spec.evaluate is None:
-        return {}
-    model.eval()
-    results: dict[str, float] = {}
-    if spec.eval_items:
-        world, rank, size = accelerator.num_processes, accelerator.process_index, spec.train.micro_batch_size
-        loss_total, items = 0.0, 0.0
-        sums: dict[str, float] = {}
-        rounds = -(-len(spec.eval_items) // (world * size))
-        with torch.no_grad(), compute(accelerator, model):
-            for round_index in range(rounds):
-                start = (round_index * world + rank) * size
-                # Every process runs the same number of forwards: under DDP (buffer broadcast), FSDP and ZeRO-3
-                # (weight gathers) a forward is a collective. A process whose share has run out repeats the first
-                # batch and counts nothing of it.
-                counts = start < len(spec.eval_items)
-                chunk = spec.eval_items[start : start + size] if counts else spec.eval_items[:size]
-                batch = _to_device(spec.collate(list(chunk)), accelerator.device)
-                loss_sum, metrics = step_fn(model, batch)
-                weight = float(batch["num_items"]) if counts else 0.0
-                loss_total += float(loss_sum) if counts else 0.0
-                items += weight
-                for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * weight
-        items = global_sum(accelerator, items)
-        results["eval/loss"] = global_sum(accelerator, loss_total) / max(items, 1.0)
-        for key, value in sorted(sums.items()):
-            results[f"eval/{key}"] = global_sum(accelerator, value) / max(items, 1.0)
-    if spec.evaluate is not None:
-        with torch.no_grad():
-            results.update({f"eval/{k}": v for k, v in spec.evaluate(accelerator.unwrap_model(model)).items()})
-    model.train()
-    return results
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
