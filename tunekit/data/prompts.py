@@ -43,28 +43,43 @@ def _prompts(rows: Rows, config: PromptDataConfig, tokenizer: Any) -> list[Promp
     if len(rows) == 0:
         raise DataError(f"{rows.source} holds no rows")
     out = []
-    bos = tokenizer.bos_token_id
     for i, row in enumerate(rows.rows):
         where = rows.where(i)
         prompt = row.get(config.prompt_column)
         if prompt is None:
             raise DataError(f"{where}: missing column {config.prompt_column!r} (the row has {sorted(row)})")
-        if isinstance(prompt, list):
-            text = render_chat(prompt, tokenizer, add_generation_prompt=True)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        elif isinstance(prompt, str):
-            text = config.prompt_template.replace("{prompt}", prompt)
-            ids = ([bos] if bos is not None else []) + tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            raise DataError(f"{where}: column {config.prompt_column!r} must be a string or a list of messages")
-        if len(ids) > config.max_prompt_length:
-            raise DataError(
-                f"{where}: the prompt has {len(ids)} tokens, more than data.max_prompt_length="
-                f"{config.max_prompt_length}, leaving no room for completions; raise it or shorten the prompt"
-            )
+        text, ids = encode_prompt(
+            prompt, tokenizer, config.prompt_template, config.max_prompt_length, where, config.prompt_column
+        )
         columns = {k: v for k, v in row.items() if k != config.prompt_column}
         out.append(PromptExample(text, ids, columns, i))
     return out
+
+
+def encode_prompt(
+    value: Any, tokenizer: Any, template: str, max_length: int, where: str, column: str = "prompt"
+) -> tuple[str, list[int]]:
+    """A row's prompt as the text a model continues and its token ids.
+
+    A string fills ``{prompt}`` in ``template`` and gets the tokenizer's BOS; a list of chat messages is rendered
+    with the chat template and its generation prompt (the template places any BOS). More than ``max_length`` ids
+    is an error naming the row, ``where``: the prompt would leave no room for a completion.
+    """
+    if isinstance(value, list):
+        text = render_chat(value, tokenizer, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    elif isinstance(value, str):
+        text = template.replace("{prompt}", value)
+        bos = tokenizer.bos_token_id
+        ids = ([bos] if bos is not None else []) + tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        raise DataError(f"{where}: column {column!r} must be a string or a list of messages")
+    if len(ids) > max_length:
+        raise DataError(
+            f"{where}: the prompt has {len(ids)} tokens, more than data.max_prompt_length={max_length}, leaving "
+            "no room for completions; raise it or shorten the prompt"
+        )
+    return text, ids
 
 
 def collate_prompts(prompts: list[PromptExample]) -> dict[str, Any]:

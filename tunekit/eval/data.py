@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data import synthetic
-from tunekit.data.formats import render_chat
+from tunekit.data.prompts import encode_prompt
 from tunekit.data.sft import DataConfig
 from tunekit.data.sources import Rows, read_rows
 from tunekit.errors import ConfigError, DataError
@@ -109,26 +109,18 @@ def build_prompts(rows: Rows, config: EvalDataConfig, tokenizer: Any) -> list[Pr
     if "{prompt}" not in config.prompt_template:
         raise ConfigError(f"data.prompt_template {config.prompt_template!r} must contain {{prompt}}")
     require_column(rows, config.prompt_column, "data.prompt_column")
-    bos = tokenizer.bos_token_id
     # Every prompt carries the same column names (None where a row lacks one): rollouts batch them by name.
     names = sorted({k for row in rows.rows for k in row if k != config.prompt_column} | {"answer"})
     prompts = []
     for i, row in enumerate(rows.rows):
-        where = rows.where(i)
-        value = row[config.prompt_column]
-        if isinstance(value, list):
-            text = render_chat(value, tokenizer, add_generation_prompt=True)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        elif isinstance(value, str):
-            text = config.prompt_template.replace("{prompt}", value)
-            ids = ([bos] if bos is not None else []) + tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            raise DataError(f"{where}: column {config.prompt_column!r} must be a string or a list of messages")
-        if len(ids) > config.max_prompt_length:
-            raise DataError(
-                f"{where}: the prompt has {len(ids)} tokens, more than data.max_prompt_length="
-                f"{config.max_prompt_length}; raise it or shorten the prompt"
-            )
+        text, ids = encode_prompt(
+            row[config.prompt_column],
+            tokenizer,
+            config.prompt_template,
+            config.max_prompt_length,
+            rows.where(i),
+            config.prompt_column,
+        )
         columns = {k: row.get(k) for k in names}
         if "answer" not in row:
             columns["answer"] = row.get(config.reference_answer_column)
