@@ -1,5 +1,7 @@
 """Label masking, token by token, for each data format."""
 
+import copy
+
 from tunekit.data.formats import render_chat
 from tunekit.data.sft import IGNORE_INDEX, DataConfig, tokenize_rows
 from tunekit.data.sources import Rows
@@ -72,4 +74,25 @@ def test_truncation_is_counted_and_fully_truncated_examples_dropped(tokenizer):
     assert stats.truncated == 2
     assert stats.dropped == 1
     assert len(examples) == 1 and len(examples[0].input_ids) == 12
-    assert examples[0].index == 0
+    assert examples[0].index == 1  # the row kept, numbered as error messages number it
+
+
+def test_a_conversation_opening_with_an_assistant_turn_trains_on_its_content_only(tokenizer):
+    """The template's header before a leading assistant turn is text the model is given, not text it writes."""
+    messages = [
+        {"role": "assistant", "content": "Hello, how can I help?"},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+    [example], _ = tokenize_rows(Rows("mem", [{"messages": messages}]), DataConfig(), tokenizer)
+    trained = [t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == "Hello, how can I help?</s>\n4</s>\n"
+    assert example.input_ids == ids(tokenizer, render_chat(messages, tokenizer, add_generation_prompt=False))
+
+
+def test_an_empty_row_is_dropped_when_the_tokenizer_has_no_bos(tokenizer):
+    no_bos = copy.deepcopy(tokenizer)
+    no_bos.bos_token = None
+    rows = Rows("mem", [{"text": "Ada counted 3 coins."}, {"text": ""}])
+    examples, stats = tokenize_rows(rows, DataConfig(), no_bos)
+    assert [e.index for e in examples] == [1] and stats.dropped == 1

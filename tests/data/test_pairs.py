@@ -1,6 +1,7 @@
 """Preference pairs: explicit and implicit prompts, real hh-rlhf rows, and bad rows named."""
 
 import json
+import re
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_implicit_split_on_real_hh_rlhf_rows(tokenizer, shared_data):
     pairs, stats = tokenize_pairs(sample, PairDataConfig(max_length=4096), tokenizer)
     assert stats.rows == 50
     for pair in pairs:
-        row = sample.rows[pair.index]
+        row = dict(zip(sample.positions, sample.rows, strict=True))[pair.index]
         prompt = tokenizer.decode(pair.prompt_ids[1:])
         assert prompt.endswith("\n\nAssistant:")
         assert row["chosen"].startswith(prompt) and row["rejected"].startswith(prompt)
@@ -80,11 +81,32 @@ def write(tmp_path, rows):
             "p.jsonl line 1: the prompt has",
         ),
         ([{"chosen": "abc", "rejected": "xyz"}], {}, "line 1: no prompt column and chosen/rejected share no beginning"),
+        (
+            [
+                {
+                    "prompt": "a",
+                    "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "b"}]}],
+                    "rejected": "c",
+                }
+            ],
+            {},
+            "p.jsonl line 1: message 0 of 'chosen' has content that is not a string (list)",
+        ),
+        (
+            [{"prompt": [{"role": "user", "text": "a"}], "chosen": "b", "rejected": "c"}],
+            {},
+            "p.jsonl line 1: message 0 of 'prompt' needs 'role' and 'content' keys",
+        ),
+        (
+            [{"prompt": "a", "chosen": " same start then b" * 20, "rejected": " same start then b" * 19 + " c"}],
+            {"identical_pairs": "error", "max_length": 32},
+            "p.jsonl line 1: chosen and rejected are identical in their first",
+        ),
     ],
 )
 def test_bad_pairs_name_the_row(tokenizer, tmp_path, rows, overrides, message):
     config = PairDataConfig(path=write(tmp_path, rows), eval_fraction=0, **overrides)
-    with pytest.raises(DataError, match=message.replace("(", r"\(")):
+    with pytest.raises(DataError, match=re.escape(message)):
         load_pair_data(config, tokenizer, 0, lambda n, s: [])
 
 
@@ -94,3 +116,29 @@ def test_identical_pairs_are_dropped_and_counted(tokenizer, tmp_path):
         PairDataConfig(path=write(tmp_path, rows), eval_fraction=0), tokenizer, 0, lambda n, s: []
     )
     assert len(pairs) == 1 and stats["train"].identical_dropped == 1
+
+
+def test_pairs_that_differ_only_past_max_length_are_dropped(tokenizer, tmp_path):
+    """Cut to fit, two responses that differed only at their ends would train on no preference at all."""
+    long_tail = " same start then b" * 20
+    rows = [
+        {"prompt": "a", "chosen": "b", "rejected": "c"},
+        {"prompt": "a", "chosen": long_tail, "rejected": long_tail[:-2] + " c"},
+        {"prompt": "a", "chosen": long_tail, "rejected": " different" + long_tail},
+    ]
+    config = PairDataConfig(path=write(tmp_path, rows), eval_fraction=0, max_length=32)
+    pairs, _, stats = load_pair_data(config, tokenizer, 0, lambda n, s: [])
+    assert [p.index for p in pairs] == [1, 3]
+    assert stats["train"].identical_dropped == 1 and stats["train"].response_truncated == 1
+    assert all(p.chosen_ids != p.rejected_ids for p in pairs)
+
+
+def test_a_pair_is_numbered_by_its_line_in_the_file(tokenizer, tmp_path):
+    """Spike reports and errors name the same rows, whatever the held-out split took."""
+    rows = [{"prompt": f"line {k}", "chosen": "b", "rejected": "c"} for k in range(1, 21)]
+    pairs, held_out, _ = load_pair_data(
+        PairDataConfig(path=write(tmp_path, rows), eval_fraction=0.25), tokenizer, 0, lambda n, s: []
+    )
+    for pair in [*pairs, *held_out]:
+        assert tokenizer.decode(pair.prompt_ids, skip_special_tokens=True) == f"line {pair.index}"
+    assert sorted(p.index for p in [*pairs, *held_out]) == list(range(1, 21))

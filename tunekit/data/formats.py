@@ -55,18 +55,18 @@ def row_segments(
         completion = _column(row, columns["completion"], where)
         if isinstance(prompt, list):
             prompt_text = render_chat(
-                _messages(prompt, where, columns["prompt"]), tokenizer, add_generation_prompt=True
+                chat_messages(prompt, where, columns["prompt"]), tokenizer, add_generation_prompt=True
             )
-            completion_text = _completion_text(completion, where, columns["completion"])
+            completion_text = assistant_text(completion, where, columns["completion"])
             return [(prompt_text, False), (completion_text + tokenizer.eos_token, True)], False
         if not isinstance(prompt, str):
             raise DataError(f"{where}: column {columns['prompt']!r} must be a string or a list of messages")
-        completion_text = _completion_text(completion, where, columns["completion"])
+        completion_text = assistant_text(completion, where, columns["completion"])
         return [
             (prompt_template.replace("{prompt}", prompt), False),
             (completion_text + tokenizer.eos_token, True),
         ], True
-    messages = _messages(_column(row, columns["messages"], where), where, columns["messages"])
+    messages = chat_messages(_column(row, columns["messages"], where), where, columns["messages"])
     return chat_segments(messages, tokenizer, where), False
 
 
@@ -78,13 +78,30 @@ def chat_segments(messages: list[dict[str, str]], tokenizer: Any, where: str) ->
     done = ""
     for i, message in enumerate(messages):
         if message["role"] == "assistant":
-            before = render_chat(messages[:i], tokenizer, add_generation_prompt=True) if i else ""
+            before = (
+                render_chat(messages[:i], tokenizer, add_generation_prompt=True)
+                if i
+                else _opening_header(message, tokenizer, where)
+            )
             segments.append((_after(before, done, where), False))
             done = before
         rendered = render_chat(messages[: i + 1], tokenizer, add_generation_prompt=False)
         segments.append((_after(rendered, done, where), message["role"] == "assistant"))
         done = rendered
     return [(text, trainable) for text, trainable in segments if text]
+
+
+def _opening_header(message: dict[str, str], tokenizer: Any, where: str) -> str:
+    """What the template writes before the content of a conversation's first message (BOS, a default system
+    prompt, the role header): the untrained part when the conversation opens with an assistant turn."""
+    marker = "\x00tunekit-content\x00"
+    rendered = render_chat([{**message, "content": marker}], tokenizer, add_generation_prompt=False)
+    if marker not in rendered:
+        raise DataError(
+            f"{where}: the tokenizer's chat template does not write an assistant message's content as given, so "
+            "the turn cannot be located"
+        )
+    return rendered[: rendered.index(marker)]
 
 
 def render_chat(messages: list[dict[str, str]], tokenizer: Any, add_generation_prompt: bool) -> str:
@@ -100,16 +117,14 @@ def _after(text: str, prefix: str, where: str) -> str:
     return text[len(prefix) :]
 
 
-def _completion_text(value: Any, where: str, column: str) -> str:
+def assistant_text(value: Any, where: str, column: str) -> str:
+    """A response given as a string, or as a list holding one assistant message with string content."""
     if isinstance(value, str):
         return value
-    if (
-        isinstance(value, list)
-        and len(value) == 1
-        and isinstance(value[0], dict)
-        and value[0].get("role") == "assistant"
-    ):
-        return str(value[0].get("content", ""))
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        (message,) = chat_messages(value, where, column)
+        if message["role"] == "assistant":
+            return message["content"]
     raise DataError(f"{where}: column {column!r} must be a string or one assistant message")
 
 
@@ -129,7 +144,8 @@ def _string(row: dict[str, Any], column: str, where: str) -> str:
     return value
 
 
-def _messages(value: Any, where: str, column: str) -> list[dict[str, str]]:
+def chat_messages(value: Any, where: str, column: str) -> list[dict[str, str]]:
+    """``value`` as a list of ``{"role", "content"}`` messages; anything else is an error naming the row."""
     if not isinstance(value, list) or not value:
         raise DataError(f"{where}: column {column!r} must be a non-empty list of messages")
     for j, message in enumerate(value):
@@ -138,5 +154,8 @@ def _messages(value: Any, where: str, column: str) -> list[dict[str, str]]:
         if message["role"] not in ROLES:
             raise DataError(f"{where}: message {j} has role {message['role']!r}; expected one of {', '.join(ROLES)}")
         if not isinstance(message["content"], str):
-            raise DataError(f"{where}: message {j} has content that is not a string")
+            raise DataError(
+                f"{where}: message {j} of {column!r} has content that is not a string "
+                f"({type(message['content']).__name__}); content parts are not supported"
+            )
     return [{"role": m["role"], "content": m["content"]} for m in value]

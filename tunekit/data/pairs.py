@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tunekit.data.formats import ROLES, render_chat
+from tunekit.data.formats import assistant_text, chat_messages, render_chat
 from tunekit.data.sources import Rows, SourceConfig, train_eval_rows
 from tunekit.errors import ConfigError, DataError
 
@@ -52,7 +52,7 @@ class PairExample:
     chosen_ids: list[int]
     rejected_ids: list[int]
     margin: float
-    index: int
+    index: int  # the row's line or row number in its source, as error messages and spike reports give it
     # (chosen, rejected) log-probs under the reference policy, when they were computed before training.
     ref_logps: tuple[float, float] | None = None
 
@@ -79,14 +79,18 @@ def split_pair(row: dict[str, Any], config: PairDataConfig, tokenizer: Any, wher
     chosen, rejected = row[config.chosen_column], row[config.rejected_column]
     prompt = row.get(config.prompt_column)
     if prompt is None:
-        return _implicit_split(chosen, rejected, config.prompt_delimiter, tokenizer, where)
+        return _implicit_split(row, config, tokenizer, where)
+    eos = tokenizer.eos_token or ""
+    responses = (
+        assistant_text(chosen, where, config.chosen_column) + eos,
+        assistant_text(rejected, where, config.rejected_column) + eos,
+    )
     if isinstance(prompt, list):
-        prompt_text = render_chat(_messages(prompt, where), tokenizer, add_generation_prompt=True)
-        return prompt_text, _response(chosen, where, tokenizer), _response(rejected, where, tokenizer), False
+        messages = chat_messages(prompt, where, config.prompt_column)
+        return render_chat(messages, tokenizer, add_generation_prompt=True), *responses, False
     if not isinstance(prompt, str):
         raise DataError(f"{where}: column {config.prompt_column!r} must be a string or a list of messages")
-    prompt_text = config.prompt_template.replace("{prompt}", prompt)
-    return prompt_text, _response(chosen, where, tokenizer), _response(rejected, where, tokenizer), True
+    return config.prompt_template.replace("{prompt}", prompt), *responses, True
 
 
 def implicit_prompt(chosen: str, rejected: str, delimiter: str) -> str:
@@ -104,10 +108,12 @@ def implicit_prompt(chosen: str, rejected: str, delimiter: str) -> str:
 
 
 def _implicit_split(
-    chosen: Any, rejected: Any, delimiter: str, tokenizer: Any, where: str
+    row: dict[str, Any], config: PairDataConfig, tokenizer: Any, where: str
 ) -> tuple[str, str, str, bool]:
+    chosen, rejected = row[config.chosen_column], row[config.rejected_column]
     if isinstance(chosen, list) and isinstance(rejected, list):
-        chosen_m, rejected_m = _messages(chosen, where), _messages(rejected, where)
+        chosen_m = chat_messages(chosen, where, config.chosen_column)
+        rejected_m = chat_messages(rejected, where, config.rejected_column)
         shared = 0
         while shared < min(len(chosen_m), len(rejected_m)) - 1 and chosen_m[shared] == rejected_m[shared]:
             shared += 1
@@ -124,7 +130,7 @@ def _implicit_split(
         return prompt_text, full_c[len(prompt_text) :], full_r[len(prompt_text) :], False
     if not isinstance(chosen, str) or not isinstance(rejected, str):
         raise DataError(f"{where}: chosen and rejected must both be strings or both be lists of messages")
-    prompt = implicit_prompt(chosen, rejected, delimiter)
+    prompt = implicit_prompt(chosen, rejected, config.prompt_delimiter)
     if not prompt:
         raise DataError(
             f"{where}: no prompt column and chosen/rejected share no beginning, so the prompt cannot be found; "
@@ -132,29 +138,6 @@ def _implicit_split(
         )
     eos = tokenizer.eos_token or ""
     return prompt, chosen[len(prompt) :] + eos, rejected[len(prompt) :] + eos, True
-
-
-def _response(value: Any, where: str, tokenizer: Any) -> str:
-    eos = tokenizer.eos_token or ""
-    if isinstance(value, str):
-        return value + eos
-    if (
-        isinstance(value, list)
-        and len(value) == 1
-        and isinstance(value[0], dict)
-        and value[0].get("role") == "assistant"
-    ):
-        return str(value[0].get("content", "")) + eos
-    raise DataError(f"{where}: chosen and rejected must be strings or one assistant message each")
-
-
-def _messages(value: Any, where: str) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise DataError(f"{where}: expected a non-empty list of messages")
-    for j, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: message {j} needs a 'role' ({', '.join(ROLES)}) and a string 'content'")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
 def tokenize_pairs(rows: Rows, config: PairDataConfig, tokenizer: Any) -> tuple[list[PairExample], PairStats]:
@@ -190,10 +173,23 @@ def tokenize_pairs(rows: Rows, config: PairDataConfig, tokenizer: Any) -> tuple[
         chosen_ids = tokenizer(chosen, add_special_tokens=False)["input_ids"]
         rejected_ids = tokenizer(rejected, add_special_tokens=False)["input_ids"]
         if len(chosen_ids) > room or len(rejected_ids) > room:
+            if chosen_ids[:room] == rejected_ids[:room]:
+                # Cut to fit, the two responses no longer differ: the pair would carry no preference.
+                if config.identical_pairs == "error":
+                    raise DataError(
+                        f"{where}: chosen and rejected are identical in their first {room} tokens, all that fits "
+                        f"after the prompt within data.max_length={config.max_length}; raise it or set "
+                        "data.max_prompt_length"
+                    )
+                stats.identical_dropped += 1
+                continue
             stats.response_truncated += 1
-        pairs.append(PairExample(prompt_ids, chosen_ids[:room], rejected_ids[:room], margin, i))
+        pairs.append(PairExample(prompt_ids, chosen_ids[:room], rejected_ids[:room], margin, rows.positions[i]))
     if not pairs:
-        raise DataError(f"every pair of {rows.source} was dropped (chosen identical to rejected)")
+        raise DataError(
+            f"every pair of {rows.source} was dropped: chosen and rejected are identical, or become so when cut to "
+            f"data.max_length={config.max_length}"
+        )
     return pairs, stats
 
 

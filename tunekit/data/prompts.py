@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from tunekit.data import synthetic
-from tunekit.data.formats import render_chat
+from tunekit.data.formats import chat_messages, render_chat
 from tunekit.data.sources import Rows, SourceConfig, train_eval_rows
 from tunekit.errors import DataError
 from tunekit.rl.rollout import PromptExample
@@ -52,7 +52,7 @@ def _prompts(rows: Rows, config: PromptDataConfig, tokenizer: Any) -> list[Promp
             prompt, tokenizer, config.prompt_template, config.max_prompt_length, where, config.prompt_column
         )
         columns = {k: v for k, v in row.items() if k != config.prompt_column}
-        out.append(PromptExample(text, ids, columns, i))
+        out.append(PromptExample(text, ids, columns, rows.positions[i]))
     return out
 
 
@@ -66,7 +66,7 @@ def encode_prompt(
     is an error naming the row, ``where``: the prompt would leave no room for a completion.
     """
     if isinstance(value, list):
-        text = render_chat(value, tokenizer, add_generation_prompt=True)
+        text = render_chat(chat_messages(value, where, column), tokenizer, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     elif isinstance(value, str):
         text = template.replace("{prompt}", value)

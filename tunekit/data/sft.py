@@ -48,7 +48,7 @@ class Example:
 
     input_ids: list[int]
     labels: list[int]
-    index: int  # row number in its source, for error and spike reports
+    index: int  # the row's line or row number in its source, as error messages and spike reports give it
 
 
 @dataclass
@@ -92,15 +92,17 @@ def tokenize_rows(rows: Rows, config: DataConfig, tokenizer: Any) -> tuple[list[
         if len(input_ids) > config.max_length:
             stats.truncated += 1
             input_ids, labels = input_ids[: config.max_length], labels[: config.max_length]
-        # Position 0 is never predicted (nothing comes before it), in packed rows as in single ones.
-        labels[0] = IGNORE_INDEX
+        # Position 0 is never predicted (nothing comes before it), in packed rows as in single ones. An empty row
+        # (no BOS, no text) has no position at all, and is dropped below with no trainable token.
+        if labels:
+            labels[0] = IGNORE_INDEX
         n_trainable = sum(label != IGNORE_INDEX for label in labels)
         if n_trainable == 0:
             stats.dropped += 1
             continue
         stats.tokens += len(input_ids)
         stats.trainable_tokens += n_trainable
-        examples.append(Example(input_ids, labels, i))
+        examples.append(Example(input_ids, labels, rows.positions[i]))
     if not examples:
         raise DataError(
             f"every example of {rows.source} was truncated away: none keeps a trainable token within "

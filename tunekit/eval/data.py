@@ -124,5 +124,5 @@ def build_prompts(rows: Rows, config: EvalDataConfig, tokenizer: Any) -> list[Pr
         columns = {k: row.get(k) for k in names}
         if "answer" not in row:
             columns["answer"] = row.get(config.reference_answer_column)
-        prompts.append(PromptExample(text, ids, columns, i))
+        prompts.append(PromptExample(text, ids, columns, rows.positions[i]))
     return prompts

@@ -43,7 +43,7 @@ class PromptExample:
     prompt: str
     prompt_ids: list[int]
     columns: dict[str, Any]  # the row's other columns (e.g. the reference answer), passed to reward functions
-    index: int
+    index: int  # the row's line or row number in its source, as error messages give it
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Rollout:
     prompts: list[str]  # [N]
     completions: list[str]  # [N] decoded, without special tokens
     columns: dict[str, list[Any]]  # [N] per column
-    prompt_index: list[int]  # [N] source row of each prompt
+    prompt_index: list[int]  # [N] each completion's prompt, by its row number in the source
 
     def batch(self) -> dict[str, torch.Tensor]:
         """The tensors a forward pass and ``token_logps`` take."""
