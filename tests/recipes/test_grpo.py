@@ -67,6 +67,9 @@ def test_loop_runs_with_several_passes_kl_and_clip_higher(tmp_path):
         (["sampling.num_generations=1"], ConfigError, "num_generations must be at least 2"),
         (["model.path=runs/no-such-sft/final"], ConfigError, "run that first"),
         (["data.max_prompt_length=5"], DataError, "synthetic row 1: the prompt has"),
+        (["sampling.temperature=-1"], ConfigError, "sampling.temperature must be 0"),
+        (["sampling.top_p=0"], ConfigError, "sampling.top_p must be in"),
+        (["sampling.top_k=-2"], ConfigError, "sampling.top_k must be 0"),
     ],
 )
 def test_mistakes_are_reported_before_training(tmp_path, overrides, error, message):

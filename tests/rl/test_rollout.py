@@ -1,5 +1,7 @@
 """Rollouts: KV-cached generation, masks and group layout."""
 
+import copy
+
 import torch
 
 from tunekit.data import synthetic
@@ -61,3 +63,28 @@ def test_stop_strings_end_a_completion(tiny_llama_path, tokenizer):
     rollout = generate_rollout(model, tokenizer, prompts(tokenizer, 1), sampling)
     for text, truncated in zip(rollout.completions, rollout.truncated.tolist(), strict=True):
         assert truncated or text.endswith(" ") or text.count(" ") <= 1
+
+
+def test_a_row_ended_by_a_stop_string_trains_on_no_padding_when_pad_is_eos(tiny_llama_path, tokenizer):
+    """A tokenizer without a pad token pads with EOS; the padding after a stop string is no EOS the policy chose."""
+    pad_is_eos = copy.deepcopy(tokenizer)
+    pad_is_eos.pad_token = pad_is_eos.eos_token
+    model = load_model(ModelConfig(path=tiny_llama_path))
+    batch = prompts(pad_is_eos, 3)
+    plain = generate_rollout(
+        model, pad_is_eos, batch, SamplingConfig(num_generations=1, max_new_tokens=16, temperature=0)
+    )
+    # A stop string the first completion reaches early, so that its row is padded after it.
+    stop = plain.completions[0][:3]
+    sampling = SamplingConfig(num_generations=1, max_new_tokens=16, temperature=0, stop_strings=[stop])
+    rollout = generate_rollout(model, pad_is_eos, batch, sampling)
+    width = max(len(p.prompt_ids) for p in batch)
+    assert rollout.completions[0] == stop and not rollout.truncated[0]
+    for row, text in enumerate(rollout.completions):
+        n = rollout.completion_lengths[row].item()
+        trained = rollout.labels[row, width : width + n].tolist()
+        assert (rollout.labels[row, width + n :] == -100).all()
+        if text.endswith(stop):
+            # Trained up to the token that completed the stop string, and no further.
+            assert pad_is_eos.eos_token_id not in trained
+            assert pad_is_eos.decode(trained).startswith(text) and stop not in pad_is_eos.decode(trained[:-1])

@@ -16,7 +16,7 @@ import torch
 
 from tunekit.errors import ConfigError
 from tunekit.rl.rewards import RewardFn, RewardSource, compute_rewards
-from tunekit.rl.rollout import PromptExample, SamplingConfig, generate_rollout
+from tunekit.rl.rollout import PromptExample, SamplingConfig, check_sampling, generate_rollout
 
 Mode = Literal["greedy", "sample", "best_of_n"]
 
@@ -45,14 +45,7 @@ class GenerationConfig:
 
 def check_generation(config: GenerationConfig) -> None:
     """Refuse settings that cannot generate, naming the key."""
-    if config.max_new_tokens < 1:
-        raise ConfigError(f"generation.max_new_tokens must be at least 1, got {config.max_new_tokens}")
-    if config.temperature < 0:
-        raise ConfigError(f"generation.temperature must be 0 or more, got {config.temperature}")
-    if config.top_k < 0:
-        raise ConfigError(f"generation.top_k must be 0 (off) or more, got {config.top_k}")
-    if not 0 < config.top_p <= 1:
-        raise ConfigError(f"generation.top_p must be in (0, 1], got {config.top_p}")
+    check_sampling(config, "generation")
     if config.mode == "best_of_n":
         if config.n < 1:
             raise ConfigError(f"generation.n must be at least 1 for generation.mode=best_of_n, got {config.n}")

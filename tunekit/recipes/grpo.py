@@ -24,7 +24,7 @@ from tunekit.models.reference import ReferencePolicy
 from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
 from tunekit.rl.grpo import GRPOLossConfig, GRPOTrainer
 from tunekit.rl.rewards import RewardSource, load_reward_function
-from tunekit.rl.rollout import SamplingConfig
+from tunekit.rl.rollout import SamplingConfig, check_sampling
 from tunekit.train.runner import RunResult, TrainConfig, train
 
 
@@ -60,6 +60,7 @@ class GRPOConfig(RecipeConfig):
 
 
 def check_config(config: GRPOConfig) -> None:
+    check_sampling(config.sampling, "sampling")
     if config.sampling.num_generations < 2:
         raise ConfigError("sampling.num_generations must be at least 2: GRPO compares completions within a group")
     if config.loss.passes < 1:

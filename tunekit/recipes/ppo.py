@@ -25,7 +25,7 @@ from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_co
 from tunekit.rl.ppo import PPOLossConfig, PPOTrainer
 from tunekit.rl.rewards import RewardSource, load_reward_function
 from tunekit.rl.roles import CriticConfig, SharedRoles, policy_base, same_base
-from tunekit.rl.rollout import SamplingConfig
+from tunekit.rl.rollout import SamplingConfig, check_sampling
 from tunekit.train.runner import RunResult, TrainConfig, train
 
 WARM_START = "runs/sft-warmstart/final"
@@ -65,6 +65,9 @@ class PPOConfig(RecipeConfig):
 
 def check_config(config: PPOConfig) -> None:
     """Refuse what cannot run, naming the key, before anything is loaded or written."""
+    check_sampling(config.sampling, "sampling")
+    if config.sampling.num_generations < 1:
+        raise ConfigError(f"sampling.num_generations must be at least 1, got {config.sampling.num_generations}")
     ppo = config.ppo
     if ppo.epochs < 1 or ppo.minibatches < 1:
         raise ConfigError("ppo.epochs and ppo.minibatches must be at least 1")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from tunekit.errors import ConfigError
 from tunekit.losses.sft import IGNORE_INDEX
 from tunekit.models.compiled import is_compiled
 from tunekit.models.reference import unwrap
@@ -44,6 +45,21 @@ class PromptExample:
     prompt_ids: list[int]
     columns: dict[str, Any]  # the row's other columns (e.g. the reference answer), passed to reward functions
     index: int  # the row's line or row number in its source, as error messages give it
+
+
+def check_sampling(config: Any, section: str) -> None:
+    """Refuse sampling settings that cannot sample as asked, naming ``section``'s key. ``config`` has
+    ``max_new_tokens``, ``temperature``, ``top_k`` and ``top_p`` (a :class:`SamplingConfig`, or evaluation's
+    generation settings). A top_p of 0 or a negative temperature would not fail: it would turn the distribution
+    upside down and sample the least likely tokens."""
+    if config.max_new_tokens < 1:
+        raise ConfigError(f"{section}.max_new_tokens must be at least 1, got {config.max_new_tokens}")
+    if config.temperature < 0:
+        raise ConfigError(f"{section}.temperature must be 0 (greedy) or more, got {config.temperature}")
+    if config.top_k < 0:
+        raise ConfigError(f"{section}.top_k must be 0 (off) or more, got {config.top_k}")
+    if not 0 < config.top_p <= 1:
+        raise ConfigError(f"{section}.top_p must be in (0, 1], got {config.top_p}")
 
 
 @dataclass
@@ -191,21 +207,26 @@ def _stop_check(tokenizer: Any, stop_strings: list[str]) -> Callable[[list[int]]
 
 
 def _cut(tokens: list[int], tokenizer: Any, stop_strings: list[str]) -> tuple[str, int, bool]:
-    """(text, length in tokens, finished) of one generated row: up to and including EOS or a stop string."""
+    """(text, length in tokens, finished) of one generated row: up to and including EOS or a stop string,
+    whichever came first.
+
+    A stop string is looked for before the first EOS only: a row that stopped on one is padded after it, and where
+    the pad token is the EOS (a tokenizer that has no pad token of its own) that padding is no EOS the policy chose.
+    """
     eos = tokenizer.eos_token_id
-    if eos in tokens:
-        length = tokens.index(eos) + 1
-        return tokenizer.decode(tokens[: length - 1], skip_special_tokens=True), length, True
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
-    for stop in stop_strings:
-        at = text.find(stop)
-        if at >= 0:
-            # Keep the tokens up to the one that completed the stop string.
-            for length in range(1, len(tokens) + 1):
-                if stop in tokenizer.decode(tokens[:length], skip_special_tokens=True):
-                    return text[: at + len(stop)], length, True
+    sampled = tokens[: tokens.index(eos)] if eos in tokens else tokens
+    text = tokenizer.decode(sampled, skip_special_tokens=True)
+    if any(stop in text for stop in stop_strings):
+        # The row ends with the token that completed the earliest stop string.
+        for length in range(1, len(sampled) + 1):
+            prefix = tokenizer.decode(sampled[:length], skip_special_tokens=True)
+            ends = [prefix.find(stop) + len(stop) for stop in stop_strings if stop in prefix]
+            if ends:
+                return prefix[: min(ends)], length, True
+    if len(sampled) < len(tokens):
+        return text, len(sampled) + 1, True
     pad = tokenizer.pad_token_id
     length = len(tokens)
-    while length and tokens[length - 1] == pad and pad != eos:
+    while length and tokens[length - 1] == pad:
         length -= 1
     return text, length, False
