@@ -17,14 +17,14 @@ from typing import Any
 
 # One number as written in prose: an optional minus sign (ASCII or U+2212) that is not a subtraction or a range
 # ("10-3", "3-5" give 3 and 5, not -3 and -5), an optional dollar sign, then digits with either correct
-# thousands separators ("1,234,567") or none, and an optional decimal part. The lookbehinds stop a match from
-# starting in the middle of a number (never "23" out of "123" or "5" out of "1.5"), and a trailing full stop
-# is left alone because the decimal part needs a digit after the point.
+# thousands separators ("1,234,567", but never "1,234" out of "1,2345") or none, and an optional decimal part.
+# The lookbehinds stop a match from starting in the middle of a number (never "23" out of "123" or "5" out of
+# "1.5"), and a trailing full stop is left alone because the decimal part needs a digit after the point.
 _NUMBER = re.compile(
     r"(?:(?<![\w)\]])(?P<neg>[-\u2212])\s*)?"
     r"\$?"
     r"(?<![\d.])"
-    r"(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
+    r"(?P<num>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
 )
 _MARKER = "####"
 

@@ -85,6 +85,7 @@ def test_math_correct_reads_free_form_completions(gsm8k_rows):
     [
         ("so the total is 1,234 apples", "1234"),
         ("#### 1,450,000", "1450000"),
+        ("#### 1,2345", "1"),  # malformed grouping: never a well-formed "1,234" cut out of a longer digit run
         ("The temperature drops to -7 degrees.", "-7"),
         ("x = -3.", "-3"),
         ("10 - 3 = 7", "7"),
