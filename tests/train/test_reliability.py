@@ -1,6 +1,7 @@
 """Non-finite steps, loss spikes, preemption and an unwritable output_dir."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,3 +135,23 @@ def test_random_kills_always_resume_to_the_uninterrupted_result(tmp_path, tiny_l
     report = kill_trials(tmp_path, trials=10, seed=0)
     assert len(report["resumed_from_step"]) == 10
     assert report["max_abs_diff"] <= 1e-6, report
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.adapter.r=4", "has shape [8, "),
+        ("model.adapter.method=dora", "lacks 8 of this model's trainable weights"),
+        ("model.adapter.target_modules=[q_proj]", "holds 8 weights this model does not train"),
+        ("train.optimizer=sgd", "optimizer state (SGD expected) was written by another train.optimizer"),
+    ],
+)
+def test_resuming_with_another_adapter_or_optimizer_is_refused_by_name(tmp_path, override, message):
+    out = tmp_path / "run"
+    run(config(out, "max_steps=2", "model.adapter.r=8", "model.adapter.target_modules=[q_proj,v_proj]"))
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    adapter = ["model.adapter.r=8", "model.adapter.target_modules=[q_proj,v_proj]"]
+    with pytest.raises(ConfigError, match=re.escape(message)) as refused:
+        run(config(out, "max_steps=4", "resume=auto", *adapter, override))
+    assert "checkpoints/step-2" in str(refused.value)
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # nothing rewritten

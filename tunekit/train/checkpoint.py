@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunekit.errors import ConfigError
+
 COMPLETE_MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -94,15 +96,18 @@ def load_checkpoint(
     """Restore weights, optimizer (unless None, or saved without one by a sharded run), scheduler and RNG from
     ``path``; returns its state.json."""
     weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [k for k in weights if k not in params]
-    if missing:
-        raise ValueError(f"checkpoint {path} has weights this model lacks: {missing[:5]}")
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    _check_weights_fit(path, weights, trainable)
+    saved_optimizer = None
+    if optimizer is not None and (path / "optimizer.pt").exists():
+        saved_optimizer = torch.load(path / "optimizer.pt", weights_only=True)
+        _check_optimizer_fits(path, saved_optimizer, optimizer)
+    # Everything is checked before anything is restored: a refused resume leaves the model as it was.
     with torch.no_grad():
         for name, tensor in weights.items():
-            params[name].copy_(tensor)
-    if optimizer is not None and (path / "optimizer.pt").exists():
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+            trainable[name].copy_(tensor)
+    if saved_optimizer is not None:
+        optimizer.load_state_dict(saved_optimizer)  # type: ignore[union-attr]
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     # The rate the schedule last set lives in the optimizer's groups, which a sharded resume does not restore:
     # without this its first step would run at the schedule's starting rate.
@@ -111,6 +116,42 @@ def load_checkpoint(
     state = json.loads((path / "state.json").read_text())
     restore_rng(state["rng"])
     return state
+
+
+def _check_weights_fit(path: Path, weights: dict[str, torch.Tensor], trainable: dict[str, torch.Tensor]) -> None:
+    """The checkpoint's weights must be exactly this model's trainable parameters, shape for shape: a resume with
+    another adapter (rank, method, target modules) or another base would otherwise fail deep inside torch, or
+    worse, restore part of the run."""
+    hint = "resume with the model and adapter settings of the run that wrote it (its config.yaml), or start afresh"
+    unexpected = sorted(set(weights) - set(trainable))
+    if unexpected:
+        raise ConfigError(
+            f"checkpoint {path} holds {len(unexpected)} weights this model does not train, e.g. {unexpected[0]}; "
+            + hint
+        )
+    absent = sorted(set(trainable) - set(weights))
+    if absent:
+        raise ConfigError(
+            f"checkpoint {path} lacks {len(absent)} of this model's trainable weights, e.g. {absent[0]}; " + hint
+        )
+    for name, tensor in weights.items():
+        if tensor.shape != trainable[name].shape:
+            raise ConfigError(
+                f"checkpoint {path}: {name} has shape {list(tensor.shape)}, this model's has "
+                f"{list(trainable[name].shape)}; " + hint
+            )
+
+
+def _check_optimizer_fits(path: Path, saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """The saved optimizer state must be of this run's optimizer kind (train.optimizer), over as many parameters."""
+    saved_groups, groups = saved.get("param_groups", []), optimizer.state_dict()["param_groups"]
+    same_kind = [set(g) for g in saved_groups] == [set(g) for g in groups]
+    same_sizes = [len(g["params"]) for g in saved_groups] == [len(g["params"]) for g in groups]
+    if not (same_kind and same_sizes):
+        raise ConfigError(
+            f"checkpoint {path}: its optimizer state ({type(optimizer).__name__} expected) was written by another "
+            "train.optimizer or for other parameters; resume with the run's own train.optimizer (its config.yaml)"
+        )
 
 
 def prune_checkpoints(output_dir: Path, keep: int) -> None:
