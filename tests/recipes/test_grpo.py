@@ -3,6 +3,8 @@
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from tunekit.config import load_config
 from tunekit.errors import ConfigError, DataError
@@ -135,3 +137,18 @@ def test_a_reward_model_from_the_reward_recipe_is_a_reward_source(tmp_path):
     assert f"rewards/model:{rm / 'final'}" in result.history[-1]
     with pytest.raises(ConfigError, match="is not a reward model directory"):
         load_reward_function(f"model:{tmp_path}")
+
+
+def test_a_resume_between_the_passes_of_a_batch_trains_on_the_same_rollouts(tmp_path):
+    """With two passes a batch, the checkpoint at step 3 falls between a batch's passes: the resumed run must train
+    step 4 on the rollouts the interrupted run sampled at step 2, not on new ones from a moved policy."""
+    common = ["loss.passes=2", "max_steps=4", "train.save_every=1", "train.keep_checkpoints=0", "train.lr=1e-2"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    run(grpo_config(whole, *common))
+    assert (whole / "checkpoints" / "step-3" / "experience.pt").is_file()
+    assert not (whole / "checkpoints" / "step-2" / "experience.pt").exists()  # a batch boundary: nothing to keep
+    run(grpo_config(resumed, *common, f"resume={whole / 'checkpoints' / 'step-3'}"))
+    expected = load_file(str(whole / "final" / "adapter_model.safetensors"))
+    got = load_file(str(resumed / "final" / "adapter_model.safetensors"))
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=0)

@@ -125,6 +125,23 @@ def test_resume_reproduces_the_uninterrupted_run(runs, tmp_path):
         torch.testing.assert_close(resumed[key], whole[key], atol=1e-5, rtol=0)
 
 
+def test_a_resume_part_way_through_a_batch_reproduces_the_uninterrupted_run(runs, tmp_path):
+    """Four passes a batch (2 epochs x 2 minibatches): the checkpoint at step 6 lies after the second pass of the
+    second batch, so the resumed run must keep that batch's rollouts, minibatch shuffle and KL coefficient."""
+    from safetensors.torch import load_file
+
+    common = ["ppo.epochs=2", "ppo.minibatches=2", "max_steps=8", "train.save_every=2", "train.keep_checkpoints=0"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    ppo.run(ppo_config(whole, runs, *common))
+    ppo.run(ppo_config(resumed, runs, *common, f"resume={whole / 'checkpoints' / 'step-6'}"))
+    states = [json.loads((out / "checkpoints" / "step-8" / "state.json").read_text()) for out in (whole, resumed)]
+    assert states[0]["kl_coef"] == states[1]["kl_coef"] and states[0]["rollout_step"] == 4
+    expected = load_file(str(whole / "final" / "adapter_model.safetensors"))
+    got = load_file(str(resumed / "final" / "adapter_model.safetensors"))
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=0)
+
+
 def test_adaptive_kl_controller_moves_towards_the_target():
     controller = KLController(KLControlConfig(coef=0.1, target=2.0, horizon=100))
     controller.update(kl_per_completion=4.0, completions=10)  # above target: error clipped to +0.2

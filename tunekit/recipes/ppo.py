@@ -131,10 +131,10 @@ def run(config: PPOConfig) -> RunResult:
         f"{counts['trainable']:,} trained (reference: {roles.reference_kind})"
     )
     extra_state: dict = {}
-    kl_coef = None
     if resume_from is not None:
-        kl_coef = json.loads((resume_from / "state.json").read_text()).get("kl_coef")
-    trainer = PPOTrainer(config, tokenizer, roles, reward_functions, output_dir, extra_state, kl_coef)
+        saved = json.loads((resume_from / "state.json").read_text())
+        extra_state = {k: v for k, v in saved.items() if k in PPOTrainer.STATE_KEYS}
+    trainer = PPOTrainer(config, tokenizer, roles, reward_functions, output_dir, extra_state)
     spec = run_spec(
         config,
         output_dir,

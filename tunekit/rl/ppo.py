@@ -92,6 +92,9 @@ class KLController:
 class PPOTrainer:
     """Hooks for :func:`tunekit.train.runner.train`; ``roles`` switches the shared base between the four roles."""
 
+    # What the trainer carries from step to step; kept in extra_state, so in every checkpoint.
+    STATE_KEYS = ("kl_coef", "rollout_step", "stopped_early", "last_approx_kl")
+
     def __init__(
         self,
         config: Any,
@@ -100,7 +103,6 @@ class PPOTrainer:
         reward_sources: list,
         output_dir: Path,
         extra_state: dict[str, Any],
-        kl_coef: float | None = None,
     ) -> None:
         self.config = config
         self.loss: PPOLossConfig = config.ppo
@@ -108,13 +110,17 @@ class PPOTrainer:
         self.roles = roles
         self.reward_sources = reward_sources
         self.samples_path = output_dir / "samples.jsonl"
-        self.kl = KLController(self.loss.kl, kl_coef)
-        # Saved in every checkpoint by the runner, so a resumed run continues with the adapted coefficient.
-        self.extra_state = extra_state
-        self.extra_state["kl_coef"] = self.kl.coef
-        self._rollout_step = -1
-        self._stopped_early = False
-        self._last_approx_kl = 0.0
+        # The trainer's state between steps lives in extra_state, which the runner saves in every checkpoint: a
+        # run resumed part-way through a batch's passes goes on with the same KL coefficient, the same minibatch
+        # shuffle and the same early-stop decision. A resumed run passes the checkpoint's values in.
+        self.state = extra_state
+        self.kl = KLController(self.loss.kl, extra_state.get("kl_coef"))
+        self.state.update(
+            kl_coef=self.kl.coef,
+            rollout_step=extra_state.get("rollout_step", -1),
+            stopped_early=extra_state.get("stopped_early", False),
+            last_approx_kl=extra_state.get("last_approx_kl", 0.0),
+        )
 
     # ------------------------------------------------------------------------------------------- experience
     def score(self, model: torch.nn.Module, rollout: Rollout, tensors: dict) -> tuple[torch.Tensor, dict]:
@@ -170,8 +176,7 @@ class PPOTrainer:
             **{k: v.float().mean().item() for k, v in parts.items()},
         }
         self.kl.update(kl_per_completion, len(rollout.completions) * _world_size())
-        self.extra_state["kl_coef"] = self.kl.coef
-        self._rollout_step, self._stopped_early = step, False
+        self.state.update(kl_coef=self.kl.coef, rollout_step=step, stopped_early=False)
         if self.config.sample_every and step % self.config.sample_every == 0:
             self._write_samples(step, rollout, score)
         experience = {
@@ -187,14 +192,15 @@ class PPOTrainer:
 
     def select(self, prepared: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
         """Pass ``k`` trains minibatch ``k % minibatches`` of epoch ``k // minibatches``'s shuffle of the rows."""
-        if k > 0 and self.loss.target_approx_kl is not None and self._last_approx_kl > self.loss.target_approx_kl:
-            self._stopped_early = True
-        if self._stopped_early:
+        target = self.loss.target_approx_kl
+        if k > 0 and target is not None and self.state["last_approx_kl"] > target:
+            self.state["stopped_early"] = True
+        if self.state["stopped_early"]:
             return []
         experience = prepared[0]
         n = experience["input_ids"].shape[0]
         epoch, m = divmod(k, self.loss.minibatches)
-        seed = (self.config.seed * 1_000_003 + self._rollout_step) * 1_009 + epoch
+        seed = (self.config.seed * 1_000_003 + self.state["rollout_step"]) * 1_009 + epoch
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         rows = order[m * n // self.loss.minibatches : (m + 1) * n // self.loss.minibatches]
         rows = rows.to(experience["input_ids"].device)
@@ -221,7 +227,7 @@ class PPOTrainer:
             entropy_coef=self.loss.entropy_coef,
         )
         if model.training:
-            self._last_approx_kl = _global_mean(metrics["approx_kl"].reshape(1))
+            self.state["last_approx_kl"] = _global_mean(metrics["approx_kl"].reshape(1))
         return loss_sum, {**metrics, **batch.get("metrics", {})}
 
     def _actor_logps(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:

@@ -6,6 +6,7 @@ Layout of ``<output_dir>/checkpoints/step-<N>/``:
     optimizer.pt            optimizer state (tensors and numbers only; loaded with weights_only=True)
     scheduler.pt            learning-rate scheduler state
     state.json              step, epoch, RNG states and whatever the recipe adds
+    experience.pt           only part-way through a batch's PPO/GRPO passes: the batch (tunekit/train/experience.py)
     COMPLETE                written last; a directory without it is ignored and cleaned up
 
 A checkpoint is written under a temporary name and renamed into place only when complete, so a run killed at any
@@ -62,10 +63,13 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     keep: int,
+    extra_files: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically, then prune to the newest ``keep`` complete ones (0 keeps all).
 
     ``optimizer`` None leaves its state out (a sharded run, whose moments are split across processes).
+    ``extra_files`` maps file names to objects written with ``torch.save`` (tensors, numbers, strings, lists and
+    dicts of them, so that they load with ``weights_only=True``).
     """
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -78,6 +82,8 @@ def save_checkpoint(
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    for name, value in (extra_files or {}).items():
+        torch.save(value, tmp / name)
     full_state = {**state, "step": step, "rng": capture_rng()}
     (tmp / "state.json").write_text(json.dumps(full_state))
     (tmp / COMPLETE_MARKER).write_text("")

@@ -125,6 +125,16 @@ def global_sum(accelerator: Any, value: float) -> float:
     return float(accelerator.reduce(tensor, reduction="sum").item())
 
 
+def gather_to_main(accelerator: Any, value: Any) -> list[Any] | None:
+    """Every process's ``value`` (picklable, on the CPU), in process order, on the main process; None on the others.
+    A collective: every process must call it."""
+    if accelerator.num_processes == 1:
+        return [value]
+    gathered: list[Any] | None = [None] * accelerator.num_processes if accelerator.is_main_process else None
+    torch.distributed.gather_object(value, gathered, dst=0)
+    return gathered
+
+
 def leave_process_group() -> None:
     """Destroy the default process group, if this process joined one; call it once a run has finished everywhere.
 

@@ -43,6 +43,7 @@ from tunekit.train.engines import (
     micro_batch,
 )
 from tunekit.train.evaluate import run_evaluation, to_device
+from tunekit.train.experience import experience_to_save, restore_experience
 from tunekit.train.log import MetricsLog, Progress
 from tunekit.train.optim import build_optimizer, build_scheduler
 from tunekit.train.precision import compute
@@ -208,9 +209,10 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
         log = MetricsLog(out / "metrics.jsonl", resume_step=start_step if resume_from else -1)
     progress = Progress(total_steps, start_step, cfg.progress and accelerator.is_main_process)
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int, prepared: list[dict[str, Any]] | None) -> None:
         accelerator.wait_for_everyone()
         weights = full_tensors(accelerator, trainable)  # a collective when sharded: every process takes part
+        experience = experience_to_save(accelerator, prepared, step, spec.passes_per_batch)  # a collective too
         if accelerator.is_main_process:
             epoch = step / steps_per_epoch
             save_checkpoint(
@@ -222,6 +224,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                 scheduler,
                 {"epoch": epoch, **spec.extra_state},
                 cfg.keep_checkpoints,
+                experience,
             )
         accelerator.wait_for_everyone()
 
@@ -248,7 +251,8 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     step = start_step
     window_tokens, window_start = 0, time.perf_counter()
     with StopSignal() as stop:
-        prepared: list[dict[str, Any]] | None = None
+        # A run resumed part-way through a batch's passes trains on the batch the interrupted run had prepared.
+        prepared = restore_experience(accelerator, resume_from, step, spec.passes_per_batch) if resume_from else None
         while step < total_steps:
             if prepared is None or step % spec.passes_per_batch == 0:
                 prepared = micro_batches(step)
@@ -331,11 +335,11 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             else:
                 progress.update({})
             if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps:
-                checkpoint(step)
+                checkpoint(step, prepared)
                 window_start = time.perf_counter()
             if stop.received is not None and step < total_steps:
                 if not (cfg.save_every and step % cfg.save_every == 0):
-                    checkpoint(step)
+                    checkpoint(step, prepared)
                 progress.close()
                 accelerator.print(
                     f"received signal {stop.received}: saved checkpoint step-{step} in {out / 'checkpoints'}; "
