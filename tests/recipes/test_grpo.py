@@ -143,6 +143,9 @@ def test_a_resume_between_the_passes_of_a_batch_trains_on_the_same_rollouts(tmp_
     """With two passes a batch, the checkpoint at step 3 falls between a batch's passes: the resumed run must train
     step 4 on the rollouts the interrupted run sampled at step 2, not on new ones from a moved policy."""
     common = ["loss.passes=2", "max_steps=4", "train.save_every=1", "train.keep_checkpoints=0", "train.lr=1e-2"]
+    # A reward that differs within a group, so that the rollouts trained on move the weights (math_correct scores
+    # the untrained model's completions all 0).
+    common.append("rewards=[{name: length_penalty, kwargs: {target_chars: 8}}]")
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     run(grpo_config(whole, *common))
     assert (whole / "checkpoints" / "step-3" / "experience.pt").is_file()
