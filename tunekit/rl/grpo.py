@@ -16,6 +16,7 @@ from tunekit.models.logprobs import token_logps
 from tunekit.models.reference import ReferencePolicy
 from tunekit.rl.rewards import compute_rewards
 from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_rollout
+from tunekit.train.rng import seeded_rng
 
 
 @dataclass
@@ -157,8 +158,7 @@ class GRPOTrainer:
             temperature=0,
             stop_strings=self.config.sampling.stop_strings,
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed)
+        with seeded_rng(self.config.seed):
             for prefix, sampling in (("", self.config.sampling), ("greedy/", greedy)):
                 totals, sources = [], {}
                 size = self.config.train.micro_batch_size

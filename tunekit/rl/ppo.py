@@ -30,6 +30,7 @@ from tunekit.models.logprobs import token_logps
 from tunekit.rl.rewards import compute_rewards
 from tunekit.rl.roles import SharedRoles
 from tunekit.rl.rollout import PromptExample, Rollout, generate_rollout
+from tunekit.train.rng import seeded_rng
 
 
 @dataclass
@@ -251,8 +252,7 @@ class PPOTrainer:
         scores, kls, parts_seen = [], [], {}
         size = self.config.train.micro_batch_size
         device = next(model.parameters()).device
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(self.config.seed)
+        with seeded_rng(self.config.seed), torch.no_grad():
             for start in range(0, len(prompts), size):
                 rollout = generate_rollout(model, self.tokenizer, prompts[start : start + size], self.config.sampling)
                 tensors = {name: t.to(device) for name, t in rollout.batch().items()}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunekit.errors import ConfigError
+from tunekit.train.rng import capture_rng, restore_rng
 
 COMPLETE_MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -168,22 +168,6 @@ def prune_checkpoints(output_dir: Path, keep: int) -> None:
     if keep > 0:
         for old in complete_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def capture_rng() -> dict[str, Any]:
-    return {"python": _jsonable(random.getstate()), "torch": torch.get_rng_state().tolist()}
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _fsync_dir(path: Path) -> None:
