@@ -155,3 +155,20 @@ def test_resuming_with_another_adapter_or_optimizer_is_refused_by_name(tmp_path,
         run(config(out, "max_steps=4", "resume=auto", *adapter, override))
     assert "checkpoints/step-2" in str(refused.value)
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # nothing rewritten
+
+
+def test_a_checkpoint_is_on_disk_before_it_is_marked_complete(tmp_path, monkeypatch):
+    import tunekit.train.checkpoint as checkpoint
+
+    synced = []
+    real = checkpoint._fsync
+
+    def record(path):
+        synced.append((path.name, (path.parent / checkpoint.COMPLETE_MARKER).exists()))
+        real(path)
+
+    monkeypatch.setattr(checkpoint, "_fsync", record)
+    run(config(tmp_path / "run", "max_steps=1"))
+    files = {p.name for p in (tmp_path / "run" / "checkpoints" / "step-1").iterdir()} - {checkpoint.COMPLETE_MARKER}
+    assert files == {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "state.json"}
+    assert {name for name, marked in synced if not marked} >= files  # each flushed before the marker was written

@@ -86,12 +86,16 @@ def save_checkpoint(
         torch.save(value, tmp / name)
     full_state = {**state, "step": step, "rng": capture_rng()}
     (tmp / "state.json").write_text(json.dumps(full_state))
+    # Every file reaches the disk before the marker that vouches for them exists: after a power loss, a
+    # checkpoint marked complete never holds a truncated file.
+    for written in tmp.iterdir():
+        _fsync(written)
     (tmp / COMPLETE_MARKER).write_text("")
-    _fsync_dir(tmp)
+    _fsync(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    _fsync(root)
     prune_checkpoints(output_dir, keep)
     return final
 
@@ -170,7 +174,8 @@ def prune_checkpoints(output_dir: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a directory's entries, to the disk (where the file system allows it)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
