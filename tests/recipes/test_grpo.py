@@ -1,6 +1,7 @@
 """GRPO recipe: the loop runs on the tiny model with every option, and mistakes are reported before training."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -155,3 +156,17 @@ def test_a_resume_between_the_passes_of_a_batch_trains_on_the_same_rollouts(tmp_
     got = load_file(str(resumed / "final" / "adapter_model.safetensors"))
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=0)
+
+
+def test_a_resumed_run_writes_each_steps_samples_once(tmp_path):
+    common = ["max_steps=4", "train.save_every=2", "train.keep_checkpoints=0", "train.eval_every=0"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    run(grpo_config(whole, *common))
+    # The same run killed after step 4's samples were written but before its checkpoint was.
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-4")
+    shutil.rmtree(cut / "final")
+    run(grpo_config(cut, *common, "resume=auto"))
+    resumed, expected = ((out / "samples.jsonl").read_text().splitlines() for out in (cut, whole))
+    assert sorted({json.loads(line)["step"] for line in expected}) == [0, 1, 2, 3]
+    assert resumed == expected

@@ -25,6 +25,8 @@ from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_co
 from tunekit.rl.grpo import GRPOLossConfig, GRPOTrainer
 from tunekit.rl.rewards import RewardSource, load_reward_function
 from tunekit.rl.rollout import SamplingConfig, check_sampling
+from tunekit.rl.samples import SampleLog
+from tunekit.train.checkpoint import checkpoint_state
 from tunekit.train.runner import RunResult, TrainConfig, train
 
 
@@ -91,7 +93,9 @@ def run(config: GRPOConfig) -> RunResult:
     counts = count_parameters(model)
     say(f"policy: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
     reference = ReferencePolicy.for_policy(model) if config.loss.kl_beta > 0 else None
-    trainer = GRPOTrainer(config, tokenizer, reference, rewards, output_dir)
+    resume_step = checkpoint_state(resume_from)["step"] if resume_from else None
+    samples = SampleLog(output_dir / "samples.jsonl", config.sample_every, resume_step)
+    trainer = GRPOTrainer(config, tokenizer, reference, rewards, samples)
     spec = run_spec(
         config,
         output_dir,

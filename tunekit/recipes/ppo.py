@@ -26,6 +26,8 @@ from tunekit.rl.ppo import PPOLossConfig, PPOTrainer
 from tunekit.rl.rewards import RewardSource, load_reward_function
 from tunekit.rl.roles import CriticConfig, SharedRoles, policy_base, same_base
 from tunekit.rl.rollout import SamplingConfig, check_sampling
+from tunekit.rl.samples import SampleLog
+from tunekit.train.checkpoint import checkpoint_state
 from tunekit.train.runner import RunResult, TrainConfig, train
 
 WARM_START = "runs/sft-warmstart/final"
@@ -130,11 +132,10 @@ def run(config: PPOConfig) -> RunResult:
         f"actor, critic, reference and reward on one base: {counts['total']:,} parameters, "
         f"{counts['trainable']:,} trained (reference: {roles.reference_kind})"
     )
-    extra_state: dict = {}
-    if resume_from is not None:
-        saved = json.loads((resume_from / "state.json").read_text())
-        extra_state = {k: v for k, v in saved.items() if k in PPOTrainer.STATE_KEYS}
-    trainer = PPOTrainer(config, tokenizer, roles, reward_functions, output_dir, extra_state)
+    saved = checkpoint_state(resume_from) if resume_from else {}
+    samples = SampleLog(output_dir / "samples.jsonl", config.sample_every, saved.get("step"))
+    extra_state = {k: v for k, v in saved.items() if k in PPOTrainer.STATE_KEYS}
+    trainer = PPOTrainer(config, tokenizer, roles, reward_functions, samples, extra_state)
     spec = run_spec(
         config,
         output_dir,

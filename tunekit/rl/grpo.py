@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -16,6 +13,7 @@ from tunekit.models.logprobs import token_logps
 from tunekit.models.reference import ReferencePolicy
 from tunekit.rl.rewards import compute_rewards
 from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_rollout
+from tunekit.rl.samples import SampleLog
 from tunekit.train.rng import seeded_rng
 
 
@@ -48,13 +46,13 @@ class GRPOTrainer:
     """The recipe's two hooks for the runner: ``prepare`` (rollouts and advantages) and ``step`` (the loss)."""
 
     def __init__(
-        self, config: Any, tokenizer: Any, reference: ReferencePolicy | None, rewards: list, output_dir: Path
+        self, config: Any, tokenizer: Any, reference: ReferencePolicy | None, rewards: list, samples: SampleLog
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.reference = reference
         self.rewards = rewards
-        self.samples_path = output_dir / "samples.jsonl"
+        self.samples = samples
 
     def score(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return compute_rewards(self.rewards, rollout.prompts, rollout.completions, rollout.columns)
@@ -89,8 +87,8 @@ class GRPOTrainer:
             tensors["num_items"] = self._num_items(mask)
             tensors["metrics"] = self._rollout_metrics(rollout, total, per_source)
             prepared.append(tensors)
-            if k == 0 and self.config.sample_every and step % self.config.sample_every == 0:
-                self._write_samples(step, rollout, total)
+            if k == 0 and self.samples.due(step):
+                self.samples.write(step, rollout, total, rows=2 * group, score_name="reward")
         return prepared
 
     def _num_items(self, mask: torch.Tensor) -> torch.Tensor:
@@ -127,23 +125,6 @@ class GRPOTrainer:
             metrics[f"rewards/{name}"] = values.mean().item()
             metrics[f"rewards/{name}_std"] = values.std().item() if len(values) > 1 else 0.0
         return metrics
-
-    def _write_samples(self, step: int, rollout: Rollout, total: torch.Tensor) -> None:
-        if os.environ.get("RANK", "0") != "0":
-            return
-        with self.samples_path.open("a") as f:
-            for i in range(min(len(rollout.prompts), 2 * self.config.sampling.num_generations)):
-                f.write(
-                    json.dumps(
-                        {
-                            "step": step,
-                            "prompt": rollout.prompts[i],
-                            "completion": rollout.completions[i],
-                            "reward": float(total[i]),
-                        }
-                    )
-                    + "\n"
-                )
 
     def evaluate(self, model: torch.nn.Module, prompts: list[PromptExample]) -> dict[str, float]:
         """Held-out mean reward, in total and per source: of the policy's samples (the quantity GRPO raises),

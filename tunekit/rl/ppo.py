@@ -15,10 +15,7 @@ Experience of N rollouts, all tensors [N, T-1] over next-token positions (positi
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +27,7 @@ from tunekit.models.logprobs import token_logps
 from tunekit.rl.rewards import compute_rewards
 from tunekit.rl.roles import SharedRoles
 from tunekit.rl.rollout import PromptExample, Rollout, generate_rollout
+from tunekit.rl.samples import SampleLog
 from tunekit.train.rng import seeded_rng
 
 
@@ -102,7 +100,7 @@ class PPOTrainer:
         tokenizer: Any,
         roles: SharedRoles,
         reward_sources: list,
-        output_dir: Path,
+        samples: SampleLog,
         extra_state: dict[str, Any],
     ) -> None:
         self.config = config
@@ -110,7 +108,7 @@ class PPOTrainer:
         self.tokenizer = tokenizer
         self.roles = roles
         self.reward_sources = reward_sources
-        self.samples_path = output_dir / "samples.jsonl"
+        self.samples = samples
         # The trainer's state between steps lives in extra_state, which the runner saves in every checkpoint: a
         # run resumed part-way through a batch's passes goes on with the same KL coefficient, the same minibatch
         # shuffle and the same early-stop decision. A resumed run passes the checkpoint's values in.
@@ -178,8 +176,8 @@ class PPOTrainer:
         }
         self.kl.update(kl_per_completion, len(rollout.completions) * _world_size())
         self.state.update(kl_coef=self.kl.coef, rollout_step=step, stopped_early=False)
-        if self.config.sample_every and step % self.config.sample_every == 0:
-            self._write_samples(step, rollout, score)
+        if self.samples.due(step):
+            self.samples.write(step, rollout, score, rows=4, score_name="score")
         experience = {
             **tensors,
             "old_logps": old_logps,
@@ -267,14 +265,6 @@ class PPOTrainer:
         results = {"reward": torch.cat(scores).mean().item(), "kl": torch.cat(kls).mean().item()}
         results.update({name: torch.cat(v).float().mean().item() for name, v in parts_seen.items()})
         return results
-
-    def _write_samples(self, step: int, rollout: Rollout, score: torch.Tensor) -> None:
-        if os.environ.get("RANK", "0") != "0":
-            return
-        with self.samples_path.open("a") as f:
-            for i in range(min(4, len(rollout.prompts))):
-                record = {"step": step, "prompt": rollout.prompts[i], "completion": rollout.completions[i]}
-                f.write(json.dumps({**record, "score": float(score[i])}) + "\n")
 
 
 def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

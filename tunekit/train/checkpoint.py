@@ -100,6 +100,11 @@ def save_checkpoint(
     return final
 
 
+def checkpoint_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's state.json: its ``step``, ``epoch``, RNG states and what the recipe added."""
+    return json.loads((path / "state.json").read_text())
+
+
 def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any
 ) -> dict[str, Any]:
@@ -123,7 +128,7 @@ def load_checkpoint(
     # without this its first step would run at the schedule's starting rate.
     for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr(), strict=True):
         group["lr"] = lr
-    state = json.loads((path / "state.json").read_text())
+    state = checkpoint_state(path)
     restore_rng(state["rng"])
     return state
 

@@ -16,9 +16,8 @@ class MetricsLog:
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
-        if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+        if resume_step is not None:
+            drop_records_from(path, resume_step + 1)
         self._file = path.open("a")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -27,6 +26,13 @@ class MetricsLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def drop_records_from(path: Path, step: int) -> None:
+    """Remove the lines of a JSON Lines log whose ``"step"`` is ``step`` or later: what a resumed run writes again."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < step]
+        path.write_text("".join(line + "\n" for line in kept))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,37 @@
+"""``samples.jsonl``: a few prompts, completions and their scores every ``sample_every`` steps, to read a run by eye.
+
+Each line is ``{"step", "prompt", "completion", <score name>}``, with ``step`` the optimizer step whose rollouts
+they are. A resumed run first drops the lines from its checkpoint's step on, which it is about to write again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from tunekit.rl.rollout import Rollout
+from tunekit.train.log import drop_records_from
+
+
+class SampleLog:
+    """Appends sample lines from the main process; ``resume_step`` is the step a resumed run starts at."""
+
+    def __init__(self, path: Path, every: int, resume_step: int | None = None) -> None:
+        self.path = path
+        self.every = every
+        self.main = os.environ.get("RANK", "0") == "0"
+        if self.main and resume_step is not None:
+            drop_records_from(path, resume_step)
+
+    def due(self, step: int) -> bool:
+        return self.main and self.every > 0 and step % self.every == 0
+
+    def write(self, step: int, rollout: Rollout, scores: torch.Tensor, rows: int, score_name: str) -> None:
+        """The first ``rows`` completions of ``rollout`` with their ``scores`` [N]."""
+        with self.path.open("a") as f:
+            for i in range(min(rows, len(rollout.prompts))):
+                record = {"step": step, "prompt": rollout.prompts[i], "completion": rollout.completions[i]}
+                f.write(json.dumps({**record, score_name: float(scores[i])}) + "\n")
