@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts, _ = load_prompts(from_dict(PromptDataConfig, grpo_data_config(work)), tokenizer, work.seed)
     model = load_model(ModelConfig(path=work.model)).to(args.device)
     model = apply_adapter(model, AdapterConfig(r=work.lora_r, alpha=work.lora_alpha)).eval()
+    ends = rollout.end_token_ids(model, tokenizer)  # the rollout's own end tokens, for both ways
     torch.manual_seed(0)
     with torch.no_grad():
         for param in model.parameters():
@@ -60,13 +61,12 @@ def main(argv: list[str] | None = None) -> None:
         assert lean is not None
         ids, mask = ids.to(args.device), mask.to(args.device)
         linears = packed_linears(lean, len(batch) * group)
-        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-        return decode(lean, ids, mask, group, new, Sampler(), eos, pad, None, linears, compiled)
+        return decode(lean, ids, mask, group, new, Sampler(), ends, tokenizer.pad_token_id, None, linears, compiled)
 
     def generate(batch: list) -> torch.Tensor:
         width = max(len(p.prompt_ids) for p in batch)
         ids, mask = rollout.left_padded(batch, width, tokenizer.pad_token_id)
-        return rollout.generate_with_transformers(model, tokenizer, ids, mask, group, sampling)
+        return rollout.generate_with_transformers(model, tokenizer, ids, mask, group, sampling, ends)
 
     ways = {"tunekit loop": loop, "generate": generate}
     if args.compile:

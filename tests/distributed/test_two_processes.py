@@ -115,36 +115,59 @@ def _assert_two_processes_equal_one(tmp_path, recipe, extra, micro, port, engine
         torch.testing.assert_close(w1[name], w2[name], atol=1e-5, rtol=0)
 
 
+SFT_RESUME = [
+    "train.progress=false",
+    "train.lr=1e-2",
+    "data.synthetic_size=48",
+    "data.eval_fraction=0",
+    "train.micro_batch_size=2",
+    "train.save_every=2",
+    "train.keep_checkpoints=0",
+    "max_steps=4",
+]
+
+
 def test_a_two_process_run_resumes_from_its_own_checkpoint(tmp_path):
-    _assert_resumes(tmp_path, [], port=29610)
+    _assert_resumes(tmp_path, "sft", SFT_RESUME, resume_at=2, port=29610)
 
 
 def test_a_zero3_run_resumes_from_its_own_gathered_checkpoint(tmp_path):
     """ZeRO-3's checkpoint gathers the sharded adapter; moments are not kept under sharding, so plain SGD (which
     has none) must resume exactly."""
     pytest.importorskip("deepspeed", reason="DeepSpeed is the optional extra tunekit[deepspeed]")
-    _assert_resumes(tmp_path, ["train.optimizer=sgd"], port=29612, engine_env=ZERO[3])
+    _assert_resumes(tmp_path, "sft", [*SFT_RESUME, "train.optimizer=sgd"], resume_at=2, port=29612, engine_env=ZERO[3])
 
 
-def _assert_resumes(tmp_path, extra, port, engine_env=None):
+def test_a_two_process_grpo_run_resumes_between_the_passes_of_a_batch(tmp_path):
+    """The checkpoint at step 3 lies between the two passes over step 2's rollouts: each process must get its own
+    share of that batch back (gathered into one experience.pt by the main process)."""
     args = [
+        *CASES["grpo"][:-2],  # sampled rollouts: a batch sampled again would differ
+        "sample_every=0",
+        "rewards=[{name: length_penalty, kwargs: {target_chars: 8}}]",
+        "loss.passes=2",
         "train.progress=false",
         "train.lr=1e-2",
-        "data.synthetic_size=48",
-        "data.eval_fraction=0",
-        "train.micro_batch_size=2",
-        "train.save_every=2",
+        "train.eval_every=0",
+        "train.micro_batch_size=1",
+        "train.save_every=1",
         "train.keep_checkpoints=0",
         "max_steps=4",
-        *extra,
     ]
-    torchrun("sft", [f"output_dir={tmp_path / 'full'}", *args], port, engine_env)
+    _assert_resumes(tmp_path, "grpo", args, resume_at=3, port=29614)
+
+
+def _assert_resumes(tmp_path, recipe, args, resume_at, port, engine_env=None):
+    """Run ``max_steps=4`` on two processes; then the same run cut after checkpoint ``resume_at`` and resumed
+    with ``resume=auto`` must log each step once and end with the same adapter."""
     import shutil
 
+    torchrun(recipe, [f"output_dir={tmp_path / 'full'}", *args], port, engine_env)
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
-    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step-4")
+    for later in range(resume_at + 1, 5):
+        shutil.rmtree(tmp_path / "cut" / "checkpoints" / f"step-{later}", ignore_errors=True)
     shutil.rmtree(tmp_path / "cut" / "final")
-    torchrun("sft", [f"output_dir={tmp_path / 'cut'}", *args, "resume=auto"], port + 1, engine_env)
+    torchrun(recipe, [f"output_dir={tmp_path / 'cut'}", *args, "resume=auto"], port + 1, engine_env)
     assert [r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")] == [1, 2, 3, 4]
     a = load_file(str(tmp_path / "full" / "final" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "final" / "adapter_model.safetensors"))

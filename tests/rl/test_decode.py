@@ -57,7 +57,7 @@ def test_greedy_tokens_equal_generate(name, tokenizer):
     ids, mask = prompts(tokenizer)
     lean = lean_decoder(model, ids.shape[1] + NEW)
     assert lean is not None
-    ours = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), None, tokenizer.pad_token_id)
+    ours = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), (), tokenizer.pad_token_id)
     assert ours.shape == (ids.shape[0] * GROUP, NEW)
     assert torch.equal(ours, greedy_generate(model, tokenizer, ids, mask))
 
@@ -90,7 +90,7 @@ def test_packed_decoding_gives_generate_logits(tokenizer):
         GROUP,
         NEW,
         Sampler(temperature=0),
-        None,
+        (),
         tokenizer.pad_token_id,
         None,
         packed_linears(lean, rows),
@@ -129,17 +129,17 @@ def test_finished_rows_pad_and_decoding_stops_when_all_have_finished(tokenizer):
     ids, mask = prompts(tokenizer)
     lean = lean_decoder(model, ids.shape[1] + NEW)
     pad = tokenizer.pad_token_id
-    free = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), None, pad)
+    free = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), (), pad)
     # Make the second greedy token of prompt 0 the "EOS": its rows end there and pad after it.
     eos = free[0, 1].item()
-    ended = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), eos, pad)
+    ended = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), [eos], pad)
     for row in range(free.shape[0]):
         tokens = free[row].tolist()
         cut = tokens.index(eos) + 1 if eos in tokens else len(tokens)
         assert ended[row, :cut].tolist() == tokens[:cut]
         assert (ended[row, cut:] == pad).all()
     # A stop check that ends every row after three tokens ends decoding after three steps.
-    stopped = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), None, pad, lambda t: len(t) >= 3)
+    stopped = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), (), pad, lambda t: len(t) >= 3)
     assert torch.equal(stopped, free[:, :3])
 
 
@@ -197,7 +197,7 @@ def test_qwen2_biased_projections(tokenizer):
     ids, mask = prompts(tokenizer)
     lean = lean_decoder(model, ids.shape[1] + NEW)
     assert lean is model
-    ours = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), None, tokenizer.pad_token_id)
+    ours = decode(lean, ids, mask, GROUP, NEW, Sampler(temperature=0), (), tokenizer.pad_token_id)
     assert torch.equal(ours, greedy_generate(model, tokenizer, ids, mask))
     first = model.model.layers[0].self_attn
     project = packed_linears(lean, rows=4)[(first.q_proj, first.k_proj, first.v_proj)]
@@ -230,7 +230,7 @@ def test_generate_fallback_ignores_the_checkpoints_generation_config(tokenizer):
     config = model.get_base_model().generation_config
     config.suppress_tokens = sorted(set(expected[:, 0].tolist()))  # would forbid every greedy first token
     config.repetition_penalty = 5.0
-    got = generate_with_transformers(model, tokenizer, ids, mask, GROUP, sampling)
+    got = generate_with_transformers(model, tokenizer, ids, mask, GROUP, sampling, [tokenizer.eos_token_id])
     # The fallback stops a row at EOS (greedy_generate does not): compare each row up to its first EOS.
     ended = (expected == tokenizer.eos_token_id).long().cumsum(-1)
     upto = (ended == 0) | ((ended == 1) & (expected == tokenizer.eos_token_id))
@@ -261,7 +261,7 @@ def test_compiled_steps_give_eager_tokens_and_compile_once_per_row_count(method,
         table = packed_linears(lean, len(rows) * GROUP)
         packed_adapters = [m for modules in table for m in modules if type(m) is not torch.nn.Linear]
         assert bool(packed_adapters) == (method == "lora")  # DoRA: only the output head is packed
-        args = (lean, p_ids, p_mask, GROUP, NEW, Sampler(temperature=0), None, tokenizer.pad_token_id, None, table)
+        args = (lean, p_ids, p_mask, GROUP, NEW, Sampler(temperature=0), (), tokenizer.pad_token_id, None, table)
         assert torch.equal(decode(*args, compiled=True), decode(*args)), rows
         graphs.append(counters["stats"]["unique_graphs"])
     assert trimmed(ids, mask, [0, 1])[0].shape[1] != trimmed(ids, mask, [0, 2])[0].shape[1]

@@ -6,7 +6,7 @@ import torch
 
 from tunekit.data import synthetic
 from tunekit.models.load import ModelConfig, load_model
-from tunekit.rl.rollout import PromptExample, SamplingConfig, generate_rollout
+from tunekit.rl.rollout import PromptExample, SamplingConfig, end_token_ids, generate_rollout
 
 
 def prompts(tokenizer, n=3):
@@ -88,3 +88,20 @@ def test_a_row_ended_by_a_stop_string_trains_on_no_padding_when_pad_is_eos(tiny_
             # Trained up to the token that completed the stop string, and no further.
             assert pad_is_eos.eos_token_id not in trained
             assert pad_is_eos.decode(trained).startswith(text) and stop not in pad_is_eos.decode(trained[:-1])
+
+
+def test_rollouts_stop_at_every_end_token_of_the_generation_config(tiny_llama_path, tokenizer):
+    """A chat model's turn ends with a token its generation_config lists beside the tokenizer's EOS (Llama 3's
+    <|eot_id|>): a rollout must end there, as generate does, and train on nothing after it."""
+    model = load_model(ModelConfig(path=tiny_llama_path))
+    batch = prompts(tokenizer, 2)
+    greedy = SamplingConfig(num_generations=1, max_new_tokens=8, temperature=0)
+    free = generate_rollout(model, tokenizer, batch, greedy)
+    width = max(len(p.prompt_ids) for p in batch)
+    turn_end = free.input_ids[0, width + 1].item()  # the first completion's second token stands in for <|eot_id|>
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, turn_end]
+    assert end_token_ids(model, tokenizer) == [tokenizer.eos_token_id, turn_end]
+    ended = generate_rollout(model, tokenizer, batch, greedy)
+    assert ended.completion_lengths[0] == 2 and not ended.truncated[0]
+    assert ended.labels[0, width : width + 2].tolist() == free.input_ids[0, width : width + 2].tolist()
+    assert (ended.labels[0, width + 2 :] == -100).all()

@@ -25,7 +25,7 @@ columns (left-padded), M = max_new_tokens, D the head dimension.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +124,7 @@ def decode(
     group: int,
     max_new_tokens: int,
     sampler: Sampler,
-    eos_token_id: int | None,
+    eos_token_ids: Sequence[int],
     pad_token_id: int,
     finished_by: Callable[[list[int]], bool] | None = None,
     linears: dict[Projections, Projection] | None = None,
@@ -133,8 +133,9 @@ def decode(
     """Sample ``group`` completions for each prompt; returns [N, T] new tokens, T <= ``max_new_tokens``.
 
     ``model`` is what :func:`lean_decoder` returned, in eval mode. ``prompt_ids`` and ``prompt_mask`` are [P, W]
-    and left-padded. A row is finished after EOS, or once ``finished_by(its tokens so far)`` says so (stop
-    strings); a finished row gets ``pad_token_id`` from then on, and decoding ends early when every row has finished.
+    and left-padded. A row is finished after any of ``eos_token_ids`` (none: only by length), or once
+    ``finished_by(its tokens so far)`` says so (stop strings); a finished row gets ``pad_token_id`` from then on,
+    and decoding ends early when every row has finished.
     ``linears`` computes groups of linear modules in the decode steps (see
     :func:`tunekit.rl.packed.packed_linears`); modules not in it are called as they are. ``compiled`` runs the
     decode steps through :func:`compiled_step`.
@@ -166,12 +167,13 @@ def decode(
     visible = visible.bool().repeat_interleave(group, dim=0)[:, None, None, :]
     position = positions[:, -1:].repeat_interleave(group, dim=0)  # [N, 1]
     finished = torch.zeros(rows, dtype=torch.bool, device=prompt_ids.device)
+    ends = torch.tensor(list(eos_token_ids), dtype=torch.long, device=prompt_ids.device)
     generated: list[torch.Tensor] = []
     for step in range(max_new_tokens):
         token = sampler(logits).masked_fill(finished, pad_token_id)  # [N]
         generated.append(token)
-        if eos_token_id is not None:
-            finished |= token == eos_token_id
+        if len(ends):
+            finished |= torch.isin(token, ends)
         if finished_by is not None:
             finished |= _check(finished, finished_by, torch.stack(generated, dim=1))
         if step == max_new_tokens - 1 or bool(finished.all()):

@@ -99,6 +99,7 @@ def generate_rollout(
     generator = unwrap(model)
     was_training = generator.training
     generator.eval()
+    ends = end_token_ids(generator, tokenizer)
     lean = lean_decoder(generator, width + sampling.max_new_tokens)
     if lean is not None:
         completions = decode(
@@ -108,20 +109,20 @@ def generate_rollout(
             group,
             sampling.max_new_tokens,
             Sampler(sampling.temperature, sampling.top_k, sampling.top_p),
-            tokenizer.eos_token_id,
+            ends,
             pad,
             _stop_check(tokenizer, sampling.stop_strings),
             packed_linears(lean, len(rows)),
             compiled=is_compiled(generator),
         ).cpu()
     else:
-        completions = generate_with_transformers(generator, tokenizer, prompt_ids, prompt_mask, group, sampling)
+        completions = generate_with_transformers(generator, tokenizer, prompt_ids, prompt_mask, group, sampling, ends)
     generator.train(was_training)
     prompt_ids = prompt_ids.repeat_interleave(group, dim=0)
     prompt_mask = prompt_mask.repeat_interleave(group, dim=0)
     lengths, finished, texts = [], [], []
     for row in completions.tolist():
-        text, length, done = _cut(row, tokenizer, sampling.stop_strings)
+        text, length, done = _cut(row, tokenizer, sampling.stop_strings, ends)
         texts.append(text)
         lengths.append(length)
         finished.append(done)
@@ -163,6 +164,7 @@ def generate_with_transformers(
     prompt_mask: torch.Tensor,
     group: int,
     sampling: SamplingConfig,
+    end_ids: list[int],
 ) -> torch.Tensor:
     """[P, W] prompts -> [N, T] new tokens through ``transformers``' ``generate``, for models the lean loop does not
     cover (prompt-learning adapters, other attention designs)."""
@@ -170,7 +172,7 @@ def generate_with_transformers(
         "max_new_tokens": sampling.max_new_tokens,
         "do_sample": sampling.temperature > 0,
         "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": end_ids or None,
         "use_cache": True,
     }
     if sampling.temperature > 0:
@@ -206,15 +208,27 @@ def _stop_check(tokenizer: Any, stop_strings: list[str]) -> Callable[[list[int]]
     return stopped
 
 
-def _cut(tokens: list[int], tokenizer: Any, stop_strings: list[str]) -> tuple[str, int, bool]:
-    """(text, length in tokens, finished) of one generated row: up to and including EOS or a stop string,
-    whichever came first.
+def end_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokens that end a completion: the tokenizer's EOS and every end token of the checkpoint's generation
+    config. Chat models often end a turn with a token of their own (Llama 3's ``<|eot_id|>``, Qwen's
+    ``<|im_end|>``) that the generation config lists beside the tokenizer's EOS; ``generate`` stops at all of them,
+    and so do rollouts."""
+    ends = [tokenizer.eos_token_id]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ends += configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(e for e in ends if e is not None))
 
-    A stop string is looked for before the first EOS only: a row that stopped on one is padded after it, and where
-    the pad token is the EOS (a tokenizer that has no pad token of its own) that padding is no EOS the policy chose.
+
+def _cut(tokens: list[int], tokenizer: Any, stop_strings: list[str], end_ids: list[int]) -> tuple[str, int, bool]:
+    """(text, length in tokens, finished) of one generated row: up to and including its first end token or a stop
+    string, whichever came first.
+
+    A stop string is looked for before the first end token only: a row that stopped on one is padded after it, and
+    where the pad token is the EOS (a tokenizer that has no pad token of its own) that padding is no EOS the policy
+    chose.
     """
-    eos = tokenizer.eos_token_id
-    sampled = tokens[: tokens.index(eos)] if eos in tokens else tokens
+    end = next((i for i, token in enumerate(tokens) if token in end_ids), len(tokens))
+    sampled = tokens[:end]
     text = tokenizer.decode(sampled, skip_special_tokens=True)
     if any(stop in text for stop in stop_strings):
         # The row ends with the token that completed the earliest stop string.
