@@ -142,3 +142,13 @@ def test_a_pair_is_numbered_by_its_line_in_the_file(tokenizer, tmp_path):
     for pair in [*pairs, *held_out]:
         assert tokenizer.decode(pair.prompt_ids, skip_special_tokens=True) == f"line {pair.index}"
     assert sorted(p.index for p in [*pairs, *held_out]) == list(range(1, 21))
+
+
+def test_a_long_prompt_keeps_its_bos_and_its_last_tokens(tokenizer, tmp_path):
+    prompt = " ".join(f"w{k}" for k in range(40))
+    rows = [{"prompt": prompt, "chosen": " yes", "rejected": " no"}]
+    config = PairDataConfig(path=write(tmp_path, rows), eval_fraction=0, max_prompt_length=6)
+    [pair], _, stats = load_pair_data(config, tokenizer, 0, lambda n, s: [])
+    full = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert pair.prompt_ids == [tokenizer.bos_token_id] + full[-5:]
+    assert stats["train"].prompt_truncated == 1

@@ -38,7 +38,8 @@ class PairDataConfig(SourceConfig):
     prompt_template: str = "{prompt}"
     # Prompt + response tokens; responses are cut at the end to fit.
     max_length: int = 512
-    # Prompts longer than this keep their last tokens (the part next to the response); null: no limit.
+    # Prompts longer than this keep their last tokens (the part next to the response), after a leading BOS; null: no
+    # limit.
     max_prompt_length: int | None = None
     # Pairs whose chosen and rejected responses are identical carry no preference: drop (and count) or error.
     identical_pairs: Literal["drop", "error"] = "drop"
@@ -163,7 +164,7 @@ def tokenize_pairs(rows: Rows, config: PairDataConfig, tokenizer: Any) -> tuple[
             prompt_ids = [bos] + prompt_ids
         if config.max_prompt_length is not None and len(prompt_ids) > config.max_prompt_length:
             stats.prompt_truncated += 1
-            prompt_ids = prompt_ids[-config.max_prompt_length :]
+            prompt_ids = _keep_last(prompt_ids, config.max_prompt_length, bos)
         room = config.max_length - len(prompt_ids)
         if room < 1:
             raise DataError(
@@ -191,6 +192,14 @@ def tokenize_pairs(rows: Rows, config: PairDataConfig, tokenizer: Any) -> tuple[
             f"data.max_length={config.max_length}"
         )
     return pairs, stats
+
+
+def _keep_last(ids: list[int], length: int, bos: int | None) -> list[int]:
+    """The last ``length`` tokens of ``ids``, a leading BOS kept in front of them (it counts towards ``length``):
+    the model was trained with BOS at position 0, added by tunekit or by the chat template."""
+    head = ids[:1] if bos is not None and ids[:1] == [bos] else []
+    room = length - len(head)
+    return head + (ids[-room:] if room > 0 else [])
 
 
 def _margin(row: dict[str, Any], column: str, where: str) -> float:
