@@ -62,3 +62,19 @@ def test_full_fine_tuning_keeps_a_frozen_copy(tiny_llama_path, tokenizer):
             p.add_(0.01)
     after_ref, _ = reference.run(policy, lambda m: sequence_logps(m, b))
     torch.testing.assert_close(after_ref, before, atol=1e-5, rtol=0)
+
+
+def test_reference_passes_run_without_dropout_while_the_policy_trains(tiny_llama_path, tokenizer):
+    """The reference is a fixed function: with dropout in the base, two reference passes during training agree
+    (and equal the base in eval mode), and the policy is left in training mode."""
+    b = batch(tokenizer)
+    base = load_model(ModelConfig(path=tiny_llama_path))
+    for module in base.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    policy = apply_adapter(base, AdapterConfig()).train()
+    reference = ReferencePolicy.for_policy(policy)
+    first, _ = reference.run(policy, lambda m: sequence_logps(m, b))
+    second, _ = reference.run(policy, lambda m: sequence_logps(m, b))
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+    assert policy.training

@@ -195,6 +195,19 @@ def test_a_reward_model_as_the_evaluated_model_is_refused(tmp_path, tiny_llama_p
     assert exit_info.value.code == USER_ERROR_EXIT_CODE and not out.exists()
 
 
+def test_a_prompt_learning_adapter_is_refused_before_any_run_directory(tmp_path, tiny_llama_path, capsys):
+    """Evaluation merges an adapter into its base; a prompt-tuning adapter has nothing to merge."""
+    adapter = tmp_path / "pt-final"
+    adapter.mkdir()
+    config = {"peft_type": "PROMPT_TUNING", "base_model_name_or_path": tiny_llama_path, "num_virtual_tokens": 4}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    out = tmp_path / "eval"
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(lambda: main([f"output_dir={out}", f"model.path={adapter}"]))
+    assert exit_info.value.code == USER_ERROR_EXIT_CODE and not out.exists()
+    assert "holds a prompt_tuning adapter, which cannot be merged" in capsys.readouterr().err
+
+
 def test_the_command_line_refuses_an_existing_run_directory(tmp_path):
     out = tmp_path / "eval"
     out.mkdir()

@@ -61,3 +61,33 @@ def test_export_merges_adapter_into_plain_model(tmp_path):
 def test_export_refuses_a_non_adapter_directory(tmp_path):
     with pytest.raises(ConfigError, match="is not a PEFT adapter directory"):
         export(ExportConfig(adapter=str(tmp_path), output_dir=str(tmp_path / "m")))
+
+
+def test_a_run_on_an_earlier_runs_adapter_loads_and_exports_as_it_was_trained(tmp_path, monkeypatch):
+    """SFT B started from SFT A's final/ trains on base + A: B's final/ records A's final/ as its base, so that
+    loading it, exporting it and running it from another directory all give base + A + B."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.models.load import ModelConfig, load_model
+
+    common = ["data.synthetic_size=64", "data.eval_fraction=0", "train.progress=false", "train.lr=5e-2", "max_steps=3"]
+    monkeypatch.chdir(tmp_path)  # relative output dirs: the recorded base must still be found from elsewhere
+    run(load_config(SFTConfig, None, ["output_dir=a", *common]))
+    run(load_config(SFTConfig, None, ["output_dir=b", "model.path=a/final", *common]))
+    recorded = json.loads((tmp_path / "b" / "final" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str((tmp_path / "a" / "final").resolve())
+
+    ids = torch.tensor([[1, 20, 30, 40, 50, 60]])
+    with torch.no_grad():
+        trained = PeftModel.from_pretrained(load_model(ModelConfig(path="a/final")), "b/final").eval()(ids).logits
+        merged_dir = export(ExportConfig(adapter="b/final", output_dir="merged"))
+        monkeypatch.chdir(tmp_path / "b")
+        loaded = load_model(ModelConfig(path="final")).eval()(ids).logits
+        exported = AutoModelForCausalLM.from_pretrained(tmp_path / merged_dir).eval()(ids).logits
+        base_and_b = PeftModel.from_pretrained(load_model(ModelConfig(path="tiny-llama")), "final").eval()(ids).logits
+    torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=0)
+    torch.testing.assert_close(exported, trained, atol=1e-5, rtol=0)
+    assert (base_and_b - trained).abs().max() > 1e-3  # A's training is part of what B was trained on

@@ -10,14 +10,16 @@ from typing import Literal
 import torch
 
 from tunekit.errors import ConfigError
-from tunekit.models.load import ModelConfig, load_model
+from tunekit.models.adapters import check_mergeable
+from tunekit.models.load import ModelConfig, adapter_dir, load_model
 from tunekit.models.reward import is_reward_adapter
 
 Device = Literal["auto", "cpu", "cuda"]
 
 
 def check_causal_lm(path: str, key: str) -> None:
-    """Refuse a reward model where a generating model is wanted (it has no language-model head to sample from)."""
+    """Refuse a reward model where a generating model is wanted (it has no language-model head to sample from),
+    and an adapter that cannot be merged into its base (the prompt-learning methods)."""
     config = Path(path) / "config.json"
     architectures = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
     scores_only = bool(architectures) and all(a.endswith("ForSequenceClassification") for a in architectures)
@@ -26,6 +28,9 @@ def check_causal_lm(path: str, key: str) -> None:
             f"{key}={path!r} is a reward model, which scores text but cannot generate it; give a causal LM here "
             "and use the reward model as win_rate.judge or generation.select_by (model:<dir>)"
         )
+    adapter = adapter_dir(path)
+    if adapter is not None:
+        check_mergeable(adapter)  # an evaluated adapter is merged into its base (load_eval_model)
 
 
 def resolve_device(device: Device) -> str:

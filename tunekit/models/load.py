@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 
 from tunekit.errors import ModelError
-from tunekit.models.adapters import AdapterConfig
+from tunekit.models.adapters import AdapterConfig, check_mergeable
 from tunekit.models.tiny import DEFAULT_CHAT_TEMPLATE, TINY_MODELS, tiny_model_path
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -108,7 +108,7 @@ def load_model(
     ``model.path`` may be an earlier run's adapter directory: its recorded base is loaded and, with
     ``merge_earlier_adapter``, the adapter is merged into it.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
     check_quantization_available(config.quantization)
     dtype = DTYPES[config.dtype]
@@ -129,7 +129,37 @@ def load_model(
     elif config.quantization == "8bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     earlier_adapter = adapter_dir(config.path)
-    path = resolve_model_path(adapter_base(earlier_adapter) if earlier_adapter else config.path)
+    if earlier_adapter is not None and not merge_earlier_adapter:
+        return load_base(adapter_base(earlier_adapter), head, kwargs)
+    return load_base(config.path, head, kwargs)
+
+
+def load_base(path: str, head: Literal["causal-lm", "score"], kwargs: dict[str, Any]) -> torch.nn.Module:
+    """The weights ``path`` stands for, with a language-model or a one-output score head.
+
+    ``path`` is a model directory, a hub id or an embedded model's name; or an adapter directory, which stands for
+    its recorded base with the adapter merged in. That base may itself be an adapter directory (a run started from
+    an earlier run's final/ records that final/ as its base), so a chain of runs loads as it was trained. The model
+    remembers the absolute path it came from, and an adapter trained on it records that path as its base.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    adapter = adapter_dir(path)
+    if adapter is not None:
+        from peft import PeftConfig, PeftModel
+
+        check_mergeable(adapter)
+        base = load_base(adapter_base(adapter), head, kwargs)
+        adapter_config = PeftConfig.from_pretrained(str(adapter))
+        # No task type: the plain PeftModel wrapper, which fits a causal-LM adapter onto a score-head model too.
+        adapter_config.task_type = None
+        model = PeftModel.from_pretrained(base, adapter, config=adapter_config).merge_and_unload()
+        model.name_or_path = str(adapter.resolve())
+        return model
+    path = resolve_model_path(path)
+    if Path(path).is_dir():
+        # Recorded absolute, so that an adapter trained on it loads from any working directory.
+        path = str(Path(path).resolve())
     try:
         if head == "score":
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
@@ -140,30 +170,15 @@ def load_model(
     if head == "score" and model.config.pad_token_id is None:
         # transformers refuses batches without a pad id even though tunekit reads scores from the mask.
         model.config.pad_token_id = model.config.eos_token_id
-    if earlier_adapter is not None and merge_earlier_adapter:
-        # Starting from an earlier run (e.g. SFT's final/): fold its adapter into the base, then train anew.
-        from peft import PeftConfig, PeftModel
-
-        adapter_config = PeftConfig.from_pretrained(str(earlier_adapter))
-        # No task type: the plain PeftModel wrapper, which fits a causal-LM adapter onto a score-head model too.
-        adapter_config.task_type = None
-        model = PeftModel.from_pretrained(model, earlier_adapter, config=adapter_config).merge_and_unload()
     return model
 
 
 def load_score_model(path: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A reward model for scoring: a reward run's adapter directory on its base, or a merged model directory."""
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
 
     adapter = adapter_dir(path)
-    base = resolve_model_path(adapter_base(adapter) if adapter else path)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype)
-    except OSError as err:
-        raise ModelError(_not_found_message(base, err)) from None
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = model.config.eos_token_id
+    model = load_base(adapter_base(adapter) if adapter else path, "score", {"dtype": dtype})
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
     return model.eval()

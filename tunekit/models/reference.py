@@ -45,14 +45,21 @@ class ReferencePolicy:
 
     @torch.no_grad()
     def run(self, policy: torch.nn.Module, fn: Callable[[torch.nn.Module], T]) -> T:
-        """``fn(model)`` evaluated under the reference policy, without gradients."""
+        """``fn(model)`` evaluated under the reference policy, without gradients and in eval mode: the reference
+        is a fixed function, so dropout (in the adapter or the base) stays off even while the policy trains."""
         if self.kind == "frozen_copy":
             device = next(policy.parameters()).device
             if next(self.frozen.parameters()).device != device:
                 self.frozen.to(device)
             return fn(self.frozen)
-        with self._switched(unwrap(policy)):
-            return fn(policy)
+        model = unwrap(policy)
+        was_training = model.training
+        model.eval()
+        try:
+            with self._switched(model):
+                return fn(policy)
+        finally:
+            model.train(was_training)
 
     @contextmanager
     def _switched(self, peft_model: Any):

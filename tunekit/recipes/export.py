@@ -17,7 +17,7 @@ from typing import Literal
 
 from tunekit.errors import ConfigError, ModelError
 from tunekit.models.adapters import check_mergeable
-from tunekit.models.load import DTYPES, load_tokenizer, resolve_model_path
+from tunekit.models.load import DTYPES, load_base, load_tokenizer
 from tunekit.recipes.common import parse_args, run_command, say
 
 
@@ -37,7 +37,6 @@ class ExportConfig:
 
 def export(config: ExportConfig) -> Path:
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     adapter = Path(config.adapter)
     adapter_config = adapter / "adapter_config.json"
@@ -55,13 +54,11 @@ def export(config: ExportConfig) -> Path:
         raise ConfigError(f"{adapter_config} records no base model; pass base=<path or hub id>")
     is_score = recorded.get("task_type") == "SEQ_CLS"
     kwargs = {"dtype": DTYPES[config.dtype], "trust_remote_code": config.trust_remote_code}
+    # A base that is itself an adapter directory (a run started from an earlier run's final/) is merged first.
     try:
-        if is_score:
-            model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(base), num_labels=1, **kwargs)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(resolve_model_path(base), **kwargs)
-    except OSError as err:
-        raise ModelError(f"base model {base!r} of adapter {adapter} could not be loaded: {err}") from None
+        model = load_base(base, "score" if is_score else "causal-lm", kwargs)
+    except ModelError as err:
+        raise ModelError(f"the base of adapter {adapter}: {err}") from None
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     tokenizer = load_tokenizer(str(adapter), config.trust_remote_code)
     if is_score:
