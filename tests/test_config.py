@@ -74,3 +74,43 @@ class Recipe:
 def test_overriding_one_key_keeps_the_recipe_defaults_of_its_section():
     config = load_config(Recipe, None, ["inner.kind=b"])
     assert (config.inner.lr, config.inner.steps, config.inner.kind) == (0.5, 99, "b")
+
+
+@dataclass
+class Texts:
+    revision: str | None = None
+    template: str = "{prompt}"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("revision=1.10", "1.10"),  # YAML would read 1.1
+        ("revision=0755", "0755"),  # YAML 1.1 would read an octal 493
+        ("revision=2024", "2024"),
+        ("template=Q: {prompt} #### A:", "Q: {prompt} #### A:"),  # YAML would drop a comment from "#"
+        ("template='  {prompt}: '", "  {prompt}: "),  # quoted: YAML's reading, spaces and all
+        ("revision=null", None),
+    ],
+)
+def test_a_text_key_takes_the_override_as_written(override, expected):
+    key = override.split("=")[0]
+    assert getattr(load_config(Texts, None, [override]), key) == expected
+
+
+def test_a_number_where_a_yaml_file_wants_text_must_be_quoted(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("revision: 1.10\n")
+    with pytest.raises(ConfigError, match=r"'revision' holds text, but YAML read 1.1 as a number.*quote it"):
+        load_config(Texts, path)
+    path.write_text('revision: "1.10"\ntemplate: 7\n')
+    assert (load_config(Texts, path).revision, load_config(Texts, path).template) == ("1.10", "7")
+
+
+def test_a_section_given_as_null_keeps_the_recipe_defaults():
+    assert load_config(Recipe, None, ["inner=null"]).inner == Recipe().inner
+
+
+def test_nan_is_refused():
+    with pytest.raises(ConfigError, match="config key 'inner.lr' expects float, got 'nan'"):
+        load_config(Outer, None, ["inner.lr=nan"])

@@ -40,8 +40,24 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-        _set_dotted(raw, key.strip(), _parse_scalar(value))
+        _set_dotted(raw, key.strip(), Override(value))
     return from_dict(cls, raw)
+
+
+class Override:
+    """A command-line value, kept as typed: a text key takes the text itself, any other key the value YAML reads
+    from it. So ``model.revision=1.10`` stays "1.10" (YAML would read 1.1), and ``data.prompt_template=Q: {prompt}
+    #### A:`` keeps what follows the "#" (YAML would drop it as a comment)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.parsed = _parse_scalar(text)
+
+    def for_text(self) -> Any:
+        """The value for a key that holds text: the text as given, unless it is YAML-quoted or null."""
+        if self.parsed is None or (isinstance(self.parsed, str) and self.text.strip()[:1] in ("'", '"')):
+            return self.parsed
+        return self.text.strip()
 
 
 def from_dict(cls: type[C], raw: dict[str, Any], prefix: str = "", base: C | None = None) -> C:
@@ -60,8 +76,11 @@ def from_dict(cls: type[C], raw: dict[str, Any], prefix: str = "", base: C | Non
         if key not in fields:
             raise ConfigError(_unknown_key_message(prefix + str(key), list(fields), prefix))
         hint = hints[key]
-        if dataclasses.is_dataclass(hint) and value is not None:
-            kwargs[key] = from_dict(hint, value, prefix=f"{prefix}{key}.", base=getattr(base, key))  # type: ignore[arg-type]
+        if dataclasses.is_dataclass(hint):
+            value = value.parsed if isinstance(value, Override) else value
+            # A whole section given as null keeps the recipe's own values for it, as an omitted one does.
+            section = {} if value is None else value
+            kwargs[key] = from_dict(hint, section, prefix=f"{prefix}{key}.", base=getattr(base, key))  # type: ignore[arg-type]
         else:
             kwargs[key] = _coerce(value, hint, prefix + key)
     try:
@@ -125,6 +144,9 @@ def _type_name(hint: Any) -> str:
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
+    if isinstance(value, Override):
+        takes_text = hint is str or (origin in (Union, types.UnionType) and str in typing.get_args(hint))
+        value = value.for_text() if takes_text else value.parsed
     if dataclasses.is_dataclass(hint):
         if value is None:
             return hint()  # type: ignore[operator]
@@ -141,6 +163,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as err:
                 errors.append(str(err))
+        if len(errors) == 1:  # an optional value: the one type's own message says the most
+            raise ConfigError(errors[0])
         expected = " or ".join(_type_name(a) for a in args)
         raise ConfigError(f"config key {key!r} expects {expected}, got {value!r}")
     if origin is Literal:
@@ -165,14 +189,17 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
     elif hint is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # YAML 1.1 reads "1e-4" (no dot) as a string; it is plainly meant as a number.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None and number == number:  # NaN is no setting: it would poison every step it touches
+            return number
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -181,8 +208,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool):
             return str(value)  # a numeric hub revision or name; YAML read it as a number
+        if isinstance(value, float):
+            raise ConfigError(
+                f"config key {key!r} holds text, but YAML read {value!r} as a number, which may not be what was "
+                f'written (1.10 reads as 1.1); quote it: {key.rsplit(".", 1)[-1]}: "..."'
+            )
     else:
         raise TypeError(f"config key {key!r} has a type tunekit cannot check: {hint!r}")
     raise ConfigError(f"config key {key!r} expects {_type_name(hint)}, got {value!r} ({type(value).__name__})")
