@@ -1,10 +1,20 @@
 """DPO recipe end to end on the tiny model."""
 
+from functools import partial
+
 import pytest
 
 from tunekit.config import load_config
+from tunekit.data import synthetic
+from tunekit.data.collate import collate_pairs
+from tunekit.data.pairs import PairDataConfig, tokenize_pairs
+from tunekit.data.sources import Rows
 from tunekit.errors import ConfigError
-from tunekit.recipes.dpo import REFERENCE_FILE, DPOConfig, run
+from tunekit.models.adapters import AdapterConfig, apply_adapter
+from tunekit.models.load import ModelConfig, load_model
+from tunekit.models.reference import ReferencePolicy
+from tunekit.models.reference_logps import REFERENCE_FILE, precompute_reference, reference_logps
+from tunekit.recipes.dpo import DPOConfig, run
 from tunekit.recipes.sft import SFTConfig
 from tunekit.recipes.sft import run as run_sft
 
@@ -34,6 +44,51 @@ def test_precomputed_reference_gives_the_same_run(tmp_path):
     for a, b in zip(fly.history, pre.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["rewards/margin"] == pytest.approx(b["rewards/margin"], abs=1e-5)
+
+
+def test_precomputed_reference_takes_the_runs_precision(tmp_path):
+    """Under bf16 the policy's step-0 log-probs are autocast; a reference precomputed in fp32 would give every
+    pair a margin before any update."""
+    common = ["data.synthetic_size=32", "data.eval_fraction=0.25", "max_steps=1", "train.micro_batch_size=4"]
+    common += ["train.mixed_precision=bf16", "train.eval_every=1", "reference=precompute"]
+    baseline = run(dpo_config(tmp_path / "pre", *common)).history[0]
+    assert baseline["step"] == 0 and baseline["eval/rewards/margin"] == 0.0
+
+
+def policy_and_pairs(tokenizer, tiny_llama_path):
+    """A fresh-adapter policy, its reference, a pair collate, and a function giving 6 pairs drawn with a seed."""
+    policy = apply_adapter(load_model(ModelConfig(path=tiny_llama_path)), AdapterConfig())
+    collate = partial(collate_pairs, pad_id=tokenizer.pad_token_id)
+
+    def pairs(seed):
+        return tokenize_pairs(Rows("mem", synthetic.preference_pairs(6, seed=seed)), PairDataConfig(), tokenizer)[0]
+
+    return policy, ReferencePolicy.for_policy(policy), collate, pairs
+
+
+def test_saved_reference_log_probs_are_reused_only_for_the_same_pairs_and_model(tmp_path, tokenizer, tiny_llama_path):
+    policy, reference, collate, pairs = policy_and_pairs(tokenizer, tiny_llama_path)
+
+    def precompute(splits, settings):
+        said = []
+        precompute_reference(tmp_path, policy, reference, splits, collate, 4, settings, say=said.append)
+        return said
+
+    assert len(precompute({"train": pairs(0)}, "fp32")) == 1
+    assert precompute({"train": pairs(0)}, "fp32") == []  # the same pairs and model: reused
+    other = pairs(1)  # as many pairs, other tokens (another seed or data file)
+    assert len(precompute({"train": other}, "fp32")) == 1
+    expected = reference_logps(policy, reference, other, collate, 4).tolist()
+    assert [p.ref_logps for p in other] == [tuple(r) for r in expected]
+    assert len(precompute({"train": other}, "bf16")) == 1  # another precision or model: computed afresh
+
+
+def test_only_the_main_process_writes_the_reference_file(tmp_path, tokenizer, tiny_llama_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    policy, reference, collate, pairs = policy_and_pairs(tokenizer, tiny_llama_path)
+    train = pairs(0)
+    precompute_reference(tmp_path, policy, reference, {"train": train}, collate, 4, "fp32")
+    assert all(p.ref_logps is not None for p in train) and not (tmp_path / REFERENCE_FILE).exists()
 
 
 @pytest.mark.parametrize("loss_type", ["ipo", "hinge", "robust", "simpo", "orpo"])

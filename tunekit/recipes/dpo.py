@@ -11,17 +11,16 @@ weights with the adapter off (or a frozen copy of the SFT adapter being continue
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from tunekit.data import synthetic
 from tunekit.data.collate import collate_pairs
-from tunekit.data.pairs import PairDataConfig, PairExample, load_pair_data
+from tunekit.data.pairs import PairDataConfig, load_pair_data
 from tunekit.errors import ConfigError
 from tunekit.losses.preference import REFERENCE_FREE, PairLogps, PreferenceLossConfig, preference_loss
 from tunekit.models.adapters import check_adapter_use, count_parameters
@@ -29,10 +28,9 @@ from tunekit.models.load import load_tokenizer
 from tunekit.models.logprobs import sequence_logps
 from tunekit.models.policy import build_policy
 from tunekit.models.reference import ReferencePolicy
+from tunekit.models.reference_logps import precompute_reference
 from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
 from tunekit.train.runner import RunResult, TrainConfig, train
-
-REFERENCE_FILE = "reference_logps.safetensors"
 
 
 def _dpo_train() -> TrainConfig:
@@ -76,52 +74,6 @@ def dpo_step(
     return losses.sum(), metrics
 
 
-def reference_logps(
-    model: torch.nn.Module, reference: ReferencePolicy, pairs: list[PairExample], collate: Any, batch_size: int
-) -> torch.Tensor:
-    """[N, 2] reference log-probs (chosen, rejected) of ``pairs``, in one pass."""
-    out = []
-    for start in range(0, len(pairs), batch_size):
-        batch = collate(pairs[start : start + batch_size])
-        sums, _ = reference.run(model, lambda m, b=batch: sequence_logps(m, b))
-        out.append(torch.stack(sums.chunk(2), dim=1))
-    return torch.cat(out).float()
-
-
-def attach_reference(pairs: list[PairExample], logps: torch.Tensor) -> list[PairExample]:
-    for pair, (chosen, rejected) in zip(pairs, logps.tolist(), strict=True):
-        pair.ref_logps = (chosen, rejected)
-    return pairs
-
-
-def precompute_reference(
-    output_dir: Path,
-    model: torch.nn.Module,
-    reference: ReferencePolicy,
-    splits: dict[str, list[PairExample]],
-    collate: Any,
-    batch_size: int,
-) -> None:
-    """Attach reference log-probs to every pair, from the run directory if an earlier attempt saved them."""
-    path = output_dir / REFERENCE_FILE
-    saved = load_file(str(path)) if path.is_file() else {}
-    computed = {}
-    for name, pairs in splits.items():
-        if not pairs:
-            continue
-        if name in saved and saved[name].shape[0] == len(pairs):
-            logps = saved[name]
-        else:
-            say(f"precomputing reference log-probs for {len(pairs)} {name} pairs")
-            logps = reference_logps(model, reference, pairs, collate, batch_size)
-        computed[name] = logps
-        attach_reference(pairs, logps)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(computed, str(tmp))
-    tmp.replace(path)
-
-
 def check_reference_setting(config: DPOConfig) -> None:
     reference_free = config.loss.loss_type in REFERENCE_FREE
     if reference_free and config.reference is not None:
@@ -147,9 +99,20 @@ def run(config: DPOConfig) -> RunResult:
     reference = None if config.loss.loss_type in REFERENCE_FREE else ReferencePolicy.for_policy(model)
     if reference is not None:
         say(f"reference policy: {reference.kind.replace('_', ' ')}")
-    if config.reference == "precompute":
-        precompute_reference(
-            output_dir, model, reference, {"train": pairs, "eval": eval_pairs}, collate, config.train.micro_batch_size
+    on_start = None
+    if config.reference == "precompute" and reference is not None:
+        # Once the runner has placed the model on its device, under the run's precision: the reference log-probs
+        # are then computed as the policy's are at each step.
+        settings = json.dumps([asdict(config.model), config.train.mixed_precision], sort_keys=True, default=str)
+        on_start = partial(
+            precompute_reference,
+            output_dir,
+            reference=reference,
+            splits={"train": pairs, "eval": eval_pairs},
+            collate=collate,
+            batch_size=config.train.micro_batch_size,
+            settings=settings,
+            say=say,
         )
     spec = run_spec(
         config,
@@ -159,6 +122,7 @@ def run(config: DPOConfig) -> RunResult:
         collate=collate,
         eval_items=eval_pairs,
         save_final=final_saver(tokenizer),
+        on_start=on_start,
     )
     result = train(spec, model, partial(dpo_step, loss_config=config.loss, reference=reference))
     last = result.history[-1] if result.history else {}

@@ -136,6 +136,9 @@ class RunSpec:
     # schedule moves on), e.g. for PPO's early stop on approximate KL.
     select: Callable[[list[dict[str, Any]], int], list[dict[str, Any]]] | None = None
     extra_state: dict[str, Any] = field(default_factory=dict)
+    # Work done once, with the model on its device and under the run's precision, before the first step (and
+    # before the step-0 evaluation): on_start(model). DPO precomputes its reference log-probs here.
+    on_start: Callable[[torch.nn.Module], None] | None = None
 
 
 @dataclass
@@ -239,6 +242,9 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             batches.append(to_device(spec.collate([spec.items[i] for i in mine]), accelerator.device))
         return batches
 
+    if spec.on_start is not None:
+        with compute(accelerator, model):
+            spec.on_start(model)
     if cfg.eval_every and start_step == 0:
         # A step-0 evaluation is the baseline every curve is read against.
         baseline = {"step": 0, "epoch": 0.0, **run_evaluation(spec, model, step_fn, accelerator)}
