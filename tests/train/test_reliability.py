@@ -172,3 +172,18 @@ def test_a_checkpoint_is_on_disk_before_it_is_marked_complete(tmp_path, monkeypa
     files = {p.name for p in (tmp_path / "run" / "checkpoints" / "step-1").iterdir()} - {checkpoint.COMPLETE_MARKER}
     assert files == {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "state.json"}
     assert {name for name, marked in synced if not marked} >= files  # each flushed before the marker was written
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    from tunekit.plot import load_run
+    from tunekit.train.log import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    torn = "".join(f'{{"step": {s}, "loss": 1.0}}\n' for s in (1, 2, 3)) + '{"step": 4, "lo'
+    path.write_text(torn)
+    assert [r["step"] for r in load_run(tmp_path)] == [1, 2, 3]  # the charts of a killed run still draw
+    MetricsLog(path, resume_step=2).close()
+    assert path.read_text() == '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 1.0}\n'
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')  # not a torn last line: named, not skipped
+    with pytest.raises(ValueError):
+        MetricsLog(path, resume_step=1)

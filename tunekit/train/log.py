@@ -31,12 +31,32 @@ class MetricsLog:
 def drop_records_from(path: Path, step: int) -> None:
     """Remove the lines of a JSON Lines log whose ``"step"`` is ``step`` or later: what a resumed run writes again."""
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < step]
+        kept = [line for line, record in _parsed_lines(path) if record["step"] < step]
         path.write_text("".join(line + "\n" for line in kept))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl, one JSON object a line."""
+    return [record for _, record in _parsed_lines(Path(path))]
+
+
+def _parsed_lines(path: Path) -> list[tuple[str, Any]]:
+    """Each non-empty line of a JSON Lines file with what it parses to. A last line cut short (no newline, not
+    JSON: the process was killed while writing it) is left out; a line that is not JSON elsewhere raises
+    ``ValueError``."""
+    text = path.read_text()
+    lines = text.splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append((line, json.loads(line)))
+        except ValueError:
+            if i == len(lines) - 1 and not text.endswith("\n"):
+                break
+            raise
+    return out
 
 
 class Progress:
