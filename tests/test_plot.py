@@ -156,6 +156,9 @@ def test_cli_default_out_dirs_and_printed_paths(tmp_path: Path, monkeypatch, cap
         assert_png(path)
 
 
+TORN_INSIDE = '{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n'  # a cut line that is not the last one
+
+
 @pytest.mark.parametrize(
     "setup, message",
     [
@@ -163,7 +166,7 @@ def test_cli_default_out_dirs_and_printed_paths(tmp_path: Path, monkeypatch, cap
         (lambda d: d.mkdir(), "metrics.jsonl does not exist"),
         (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text("")), "is empty"),
         (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text("\n  \n")), "is empty"),
-        (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "lo')), "line 2 is not JSON"),
+        (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text(TORN_INSIDE)), "line 2 is not JSON"),
         (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_bytes(b"\xff\xfe{")), "not UTF-8"),
         (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text('{"epoch": 1}\n')), "numeric 'step'"),
         (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text('{"step": 1, "note": "hi"}\n')), "no numeric metrics"),
