@@ -138,6 +138,12 @@ def test_two_runs_overlay_on_one_file_per_chart(tmp_path: Path) -> None:
     assert {c.run for c in panel} == {"beta-0.1", "beta-0.5"}
 
 
+def test_a_dollar_sign_in_a_run_name_is_drawn_as_text(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path, "cost $5", "dpo"), make_run(tmp_path, "cost $10", "dpo")]
+    for path in write_charts(runs, tmp_path / "cmp"):
+        assert_png(path)
+
+
 def test_runs_with_the_same_directory_name_are_told_apart(tmp_path: Path) -> None:
     assert run_labels([tmp_path / "a" / "run", tmp_path / "b" / "run", tmp_path / "c"]) == ["a/run", "b/run", "c"]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matplotlib import colormaps
+from matplotlib import colormaps, rc_context
 
 # The Agg canvas draws without a display, and building figures on it directly (not through pyplot) leaves the
 # process-wide backend and pyplot's figure registry alone: write_charts is meant to run at the end of training too.
@@ -230,6 +230,12 @@ def collect(runs: dict[str, list[dict[str, Any]]]) -> Charts:
 
 def draw(chart: str, panels: dict[str, list[Series]], runs: Sequence[str], path: Path) -> None:
     """One PNG: a grid of panels, every panel overlaying all runs, train and eval."""
+    # Run names and metric keys are plain text: a "$" in a run directory's name must not open math mode.
+    with rc_context({"text.parse_math": False}):
+        _draw(chart, panels, runs, path)
+
+
+def _draw(chart: str, panels: dict[str, list[Series]], runs: Sequence[str], path: Path) -> None:
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig = Figure(figsize=(PANEL_W * ncols, PANEL_H * nrows), dpi=100)
