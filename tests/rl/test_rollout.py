@@ -45,6 +45,7 @@ def test_rollout_layout_and_masks(tiny_llama_path, tokenizer):
     rollout = generate_rollout(model, tokenizer, batch, SamplingConfig(num_generations=4, max_new_tokens=6))
     assert rollout.input_ids.shape[0] == 12
     assert rollout.prompt_index == [0] * 4 + [1] * 4 + [2] * 4
+    assert rollout.batch()["example_ids"].tolist() == rollout.prompt_index  # what a loss-spike report names
     assert rollout.columns["answer"][4] == batch[1].columns["answer"]
     width = max(len(p.prompt_ids) for p in batch)
     for row in range(12):

@@ -3,7 +3,8 @@
     python -m tunekit.recipes.export adapter=runs/sft-.../final output_dir=merged/
     python -m tunekit.recipes.export adapter=runs/reward-.../final output_dir=merged-rm/ dtype=bf16
 
-The base is the one recorded in the adapter (``base_model_name_or_path``) unless ``model.path`` names another.
+The base is the one recorded in the adapter (``base_model_name_or_path``) unless ``base`` names another; a
+base that is itself an earlier run's adapter is merged too, so the whole chain lands in one model.
 The merged model loads with ``AutoModelForCausalLM`` (or ``AutoModelForSequenceClassification`` for a reward
 adapter) with no peft at all.
 """

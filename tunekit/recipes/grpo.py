@@ -2,7 +2,7 @@
 
     python -m tunekit.recipes.sft --config recipes/sft/tiny-warmstart.yaml   # the warm start the default uses
     python -m tunekit.recipes.grpo                                       # tiny model, generated arithmetic prompts
-    python -m tunekit.recipes.grpo --config recipes/grpo/gsm8k-tiny.yaml
+    python -m tunekit.recipes.grpo --config recipes/grpo/gsm8k-llama-lora.yaml   # a real model on GSM8K
 
 Each optimizer step samples G completions for each prompt of the step (KV-cached, batched generation), scores
 them with the configured reward sources, turns rewards into group-relative advantages, and optimises the clipped

@@ -76,12 +76,14 @@ class Rollout:
     prompt_index: list[int]  # [N] each completion's prompt, by its row number in the source
 
     def batch(self) -> dict[str, torch.Tensor]:
-        """The tensors a forward pass and ``token_logps`` take."""
+        """The tensors a forward pass and ``token_logps`` take, and ``example_ids`` [N]: each row's prompt by its
+        row number in the source, which loss-spike reports name."""
         return {
             "input_ids": self.input_ids,
             "attention_mask": self.attention_mask,
             "position_ids": self.position_ids,
             "labels": self.labels,
+            "example_ids": torch.tensor(self.prompt_index),
         }
 
 

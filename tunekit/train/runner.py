@@ -326,7 +326,9 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                 if not finite:
                     record["skipped_nonfinite"] = True
                 elif spike:
-                    ids = [i for b in batches if "example_ids" in b for i in b["example_ids"].tolist()]
+                    # Distinct rows, in batch order (a GRPO group's completions share their prompt's row).
+                    rows = (i for b in batches if "example_ids" in b for i in b["example_ids"].tolist())
+                    ids = list(dict.fromkeys(rows))
                     record["loss_spike"] = True
                     record["spike_example_ids"] = ids
                     accelerator.print(f"step {step}: loss {loss_mean:.4g} is a spike; its examples: {ids}")
