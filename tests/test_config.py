@@ -80,6 +80,7 @@ def test_overriding_one_key_keeps_the_recipe_defaults_of_its_section():
 class Texts:
     revision: str | None = None
     template: str = "{prompt}"
+    tasks: str | list[str] = "all"
 
 
 @pytest.mark.parametrize(
@@ -91,6 +92,9 @@ class Texts:
         ("template=Q: {prompt} #### A:", "Q: {prompt} #### A:"),  # YAML would drop a comment from "#"
         ("template='  {prompt}: '", "  {prompt}: "),  # quoted: YAML's reading, spaces and all
         ("revision=null", None),
+        ("revision=a: {b}", "a: {b}"),  # text or null: text, though YAML reads a mapping
+        ("tasks=[a, b]", ["a", "b"]),  # text or a list: a list
+        ("tasks=a", "a"),
     ],
 )
 def test_a_text_key_takes_the_override_as_written(override, expected):

@@ -53,9 +53,11 @@ class Override:
         self.text = text
         self.parsed = _parse_scalar(text)
 
-    def for_text(self) -> Any:
-        """The value for a key that holds text: the text as given, unless it is YAML-quoted or null."""
-        if self.parsed is None or (isinstance(self.parsed, str) and self.text.strip()[:1] in ("'", '"')):
+    def for_text(self, or_collection: bool) -> Any:
+        """The value for a key that holds text: the text as given, unless YAML reads it as null or a quoted
+        string, or (``or_collection``: a key typed e.g. ``str | list[str]``) as a list or a mapping."""
+        quoted = isinstance(self.parsed, str) and self.text.strip()[:1] in ("'", '"')
+        if self.parsed is None or quoted or (or_collection and isinstance(self.parsed, list | dict)):
             return self.parsed
         return self.text.strip()
 
@@ -145,8 +147,13 @@ def _type_name(hint: Any) -> str:
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if isinstance(value, Override):
-        takes_text = hint is str or (origin in (Union, types.UnionType) and str in typing.get_args(hint))
-        value = value.for_text() if takes_text else value.parsed
+        if hint is str:
+            value = value.for_text(or_collection=False)
+        elif origin in (Union, types.UnionType) and str in typing.get_args(hint):
+            collections = any(typing.get_origin(a) in (list, dict) or a in (list, dict) for a in typing.get_args(hint))
+            value = value.for_text(or_collection=collections)
+        else:
+            value = value.parsed
     if dataclasses.is_dataclass(hint):
         if value is None:
             return hint()  # type: ignore[operator]
