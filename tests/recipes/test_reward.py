@@ -38,14 +38,26 @@ def test_final_reloads_with_plain_peft_and_scores_like_the_api(tmp_path):
     base = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1)
     model = PeftModel.from_pretrained(base, final).eval()
     tokenizer = AutoTokenizer.from_pretrained(final)
-    text = "Question: What is 2 + 3?\nAnswer: 2 + 3 = 5. #### 5" + tokenizer.eos_token
-    ids = tokenizer(text, return_tensors="pt")
+    # A template whose prompt ends in a space, as "Question: {prompt}\nAnswer: " does.
+    prompt, completion = "Question: What is 2 + 3?\nAnswer: ", "2 + 3 = 5. #### 5"
+    text = prompt + completion + tokenizer.eos_token
+    # As reward training tokenizes a pair: BOS, the prompt, then the response with its EOS, each on its own. Joined,
+    # the text would tokenize otherwise at the seam (the space would merge into the response's first token).
+    pieces = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (prompt, completion + tokenizer.eos_token)]
+    ids = torch.tensor([[tokenizer.bos_token_id, *pieces[0], *pieces[1]]])
+    assert ids[0].tolist() != tokenizer(text)["input_ids"]
     with torch.no_grad():
-        hidden = model.base_model.model.model(**ids).last_hidden_state
+        hidden = model.base_model.model.model(input_ids=ids).last_hidden_state
         plain = model.base_model.model.score(hidden)[0, -1, 0].item()
     scorer = RewardScorer.from_pretrained(final)
-    api = scorer.score(["Question: What is 2 + 3?\nAnswer:"], [" 2 + 3 = 5. #### 5"])[0]
-    assert api == pytest.approx(plain, abs=1e-5)
+    assert scorer.score([prompt], [completion])[0] == pytest.approx(plain, abs=1e-5)
+    # That is the token sequence the recipe trained on for such a pair.
+    from tunekit.data.pairs import PairDataConfig, tokenize_pairs
+    from tunekit.data.sources import Rows
+
+    row = {"prompt": prompt, "chosen": completion, "rejected": "2 + 3 = 6. #### 6"}
+    [pair], _ = tokenize_pairs(Rows("mem", [row]), PairDataConfig(), scorer.tokenizer)
+    assert pair.prompt_ids + pair.chosen_ids == ids[0].tolist()
     # The trained head was saved with the adapter: scores are not those of a fresh random head.
     assert scorer.score_texts([text]) != RewardScorer(
         AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1), tokenizer

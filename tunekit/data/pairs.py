@@ -164,7 +164,7 @@ def tokenize_pairs(rows: Rows, config: PairDataConfig, tokenizer: Any) -> tuple[
             prompt_ids = [bos] + prompt_ids
         if config.max_prompt_length is not None and len(prompt_ids) > config.max_prompt_length:
             stats.prompt_truncated += 1
-            prompt_ids = _keep_last(prompt_ids, config.max_prompt_length, bos)
+            prompt_ids = keep_last(prompt_ids, config.max_prompt_length, bos)
         room = config.max_length - len(prompt_ids)
         if room < 1:
             raise DataError(
@@ -194,9 +194,11 @@ def tokenize_pairs(rows: Rows, config: PairDataConfig, tokenizer: Any) -> tuple[
     return pairs, stats
 
 
-def _keep_last(ids: list[int], length: int, bos: int | None) -> list[int]:
+def keep_last(ids: list[int], length: int, bos: int | None) -> list[int]:
     """The last ``length`` tokens of ``ids``, a leading BOS kept in front of them (it counts towards ``length``):
     the model was trained with BOS at position 0, added by tunekit or by the chat template."""
+    if len(ids) <= length:
+        return ids
     head = ids[:1] if bos is not None and ids[:1] == [bos] else []
     room = length - len(head)
     return head + (ids[-room:] if room > 0 else [])

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from tunekit.data.formats import render_chat
+from tunekit.data.pairs import keep_last
 
 
 def _score_head(model: torch.nn.Module) -> torch.nn.Module:
@@ -62,23 +63,26 @@ class RewardScorer:
 
     def score_texts(self, texts: list[str], add_bos: bool = True) -> list[float]:
         """One score per full text (prompt and response already joined)."""
-        bos = self.tokenizer.bos_token_id
-        encoded = []
-        for text in texts:
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if add_bos and bos is not None:
-                ids = [bos] + ids
-            encoded.append(ids[-self.max_length :])
-        return self.score_ids(encoded)
+        return self.score_ids([self._encode([text], add_bos) for text in texts])
 
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
-        """One score per (prompt, completion); the completion gets EOS, as in reward training."""
+        """One score per (prompt, completion), tokenized as reward training tokenizes a pair: the prompt and the
+        completion (with EOS) apart, so that no token straddles the seam."""
         eos = self.tokenizer.eos_token or ""
-        return self.score_texts([p + c + eos for p, c in zip(prompts, completions, strict=True)])
+        return self.score_ids([self._encode([p, c + eos]) for p, c in zip(prompts, completions, strict=True)])
 
     def score_conversations(self, conversations: list[list[dict[str, str]]]) -> list[float]:
         texts = [render_chat(messages, self.tokenizer, add_generation_prompt=False) for messages in conversations]
         return self.score_texts(texts, add_bos=False)
+
+    def _encode(self, pieces: list[str], add_bos: bool = True) -> list[int]:
+        """The pieces' tokens end to end, after one BOS (none added where a chat template already wrote it), cut to
+        ``max_length`` from the left with that BOS kept in front."""
+        ids = [token for piece in pieces for token in self.tokenizer(piece, add_special_tokens=False)["input_ids"]]
+        bos = self.tokenizer.bos_token_id
+        if add_bos and bos is not None and ids[:1] != [bos]:
+            ids = [bos, *ids]
+        return keep_last(ids, self.max_length, bos)
 
     @torch.no_grad()
     def score_ids(self, sequences: list[list[int]]) -> list[float]:
