@@ -10,12 +10,12 @@ split at the messages they share.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data.formats import assistant_text, chat_messages, render_chat
 from tunekit.data.sources import Rows, SourceConfig, train_eval_rows
+from tunekit.data.synthetic import Generator
 from tunekit.errors import ConfigError, DataError
 
 
@@ -214,7 +214,7 @@ def _margin(row: dict[str, Any], column: str, where: str) -> float:
 
 
 def load_pair_data(
-    config: PairDataConfig, tokenizer: Any, seed: int, synthetic: Callable[[int, int], list[dict[str, Any]]]
+    config: PairDataConfig, tokenizer: Any, seed: int, synthetic: Generator
 ) -> tuple[list[PairExample], list[PairExample], dict[str, PairStats]]:
     """Train and held-out pairs for ``config``; ``synthetic(n, seed)`` makes rows when path is "synthetic"."""
     train_rows, eval_rows = train_eval_rows(config, seed, synthetic)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data.formats import Format, detect_format, row_segments
 from tunekit.data.sources import Rows, SourceConfig, train_eval_rows
+from tunekit.data.synthetic import Generator
 from tunekit.errors import ConfigError, DataError
 from tunekit.losses.sft import IGNORE_INDEX
 
@@ -132,7 +132,7 @@ def load_sft_data(
     config: DataConfig,
     tokenizer: Any,
     seed: int,
-    synthetic: Callable[[int, int], list[dict[str, Any]]],
+    synthetic: Generator,
 ) -> tuple[list[Example], list[Example], dict[str, TokenizeStats]]:
     """Train and eval examples for ``config``; ``synthetic(n, seed)`` makes rows when path is "synthetic"."""
     train_rows, eval_rows = train_eval_rows(config, seed, synthetic)

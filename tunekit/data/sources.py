@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunekit.data.synthetic import Generator
 from tunekit.errors import DataError
 
 _TABULAR = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".arrow": "arrow"}
@@ -137,15 +137,13 @@ class SourceConfig:
     max_examples: int | None = None
 
 
-def train_eval_rows(
-    config: SourceConfig, seed: int, synthetic: Callable[[int, int], list[dict[str, Any]]]
-) -> tuple[Rows, Rows | None]:
-    """Training rows and held-out rows (or None) for ``config``; ``synthetic(n, seed)`` makes generated rows."""
+def train_eval_rows(config: SourceConfig, seed: int, synthetic: Generator) -> tuple[Rows, Rows | None]:
+    """Training rows and held-out rows (or None) for ``config``; ``synthetic(n, seed, split)`` makes generated rows."""
     if config.path == "synthetic":
         n_eval = max(1, int(config.synthetic_size * config.eval_fraction)) if config.eval_fraction > 0 else 0
-        train = Rows("synthetic", synthetic(config.synthetic_size, seed))
-        # A different seed, so held-out rows are new draws rather than a slice of the training rows.
-        return train, Rows("synthetic-eval", synthetic(n_eval, seed + 10_000)) if n_eval else None
+        train = Rows("synthetic", synthetic(config.synthetic_size, seed, "train"))
+        # Held-out rows come from the reserved part of the problem space, which no generated training set holds.
+        return train, Rows("synthetic-eval", synthetic(n_eval, seed + 10_000, "held_out")) if n_eval else None
     train = read_rows(config.path, config.split)
     held_out = read_rows(config.eval_path, config.eval_split) if config.eval_path else None
     if config.max_examples is not None:

@@ -8,11 +8,35 @@ so that a tiny randomly initialised model visibly learns them within a minute or
 from __future__ import annotations
 
 import random
-from typing import Any
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b}
 _NAMES = ["Ada", "Ben", "Cai", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun"]
 _THINGS = ["apples", "books", "coins", "pens", "shells", "stamps", "cards", "eggs"]
+# One question in this many is reserved for held-out sets: training rows never contain it, held-out rows contain
+# nothing else. Without the reservation a held-out draw repeats a training prompt word for word about a third of
+# the time (the "What is a + b?" form has only 155 variants), and held-out scores partly measure memory.
+HELD_OUT_SHARE = 5
+
+Split = Literal["train", "held_out", "all"]
+# What a recipe takes as its generated data: (n, seed, split) -> n rows.
+Generator = Callable[[int, int, Split], list[dict[str, Any]]]
+
+
+def is_held_out(question: str) -> bool:
+    """Whether ``question`` belongs to the reserved held-out part of the generated problem space."""
+    return zlib.crc32(question.encode()) % HELD_OUT_SHARE == 0
+
+
+def _problems(rng: random.Random, max_operand: int, split: Split) -> Iterator[tuple[str, int, str]]:
+    """Endless arithmetic problems of ``split``: draws of the other split are skipped, so a train split's rows are
+    the same draws, in the same order, as the unsplit stream's with the reserved ones left out."""
+    while True:
+        problem = _problem(rng, max_operand)
+        if split == "all" or is_held_out(problem[0]) == (split == "held_out"):
+            yield problem
 
 
 def _problem(rng: random.Random, max_operand: int) -> tuple[str, int, str]:
@@ -31,17 +55,17 @@ def _problem(rng: random.Random, max_operand: int) -> tuple[str, int, str]:
     return question, result, f"{a} {op} {b} = {result}"
 
 
-def sft_examples(n: int, seed: int = 0, max_operand: int = 9) -> list[dict[str, Any]]:
+def sft_examples(n: int, seed: int = 0, split: Split = "train", max_operand: int = 9) -> list[dict[str, Any]]:
     """``n`` rows ``{"prompt": "Question: ...\\nAnswer:", "completion": " 3 + 4 = 7. #### 7"}``."""
-    rng = random.Random(seed)
+    problems = _problems(random.Random(seed), max_operand, split)
     rows = []
     for _ in range(n):
-        question, result, work = _problem(rng, max_operand)
+        question, result, work = next(problems)
         rows.append({"prompt": f"Question: {question}\nAnswer:", "completion": f" {work}. #### {result}"})
     return rows
 
 
-def preference_pairs(n: int, seed: int = 0, max_operand: int = 9) -> list[dict[str, Any]]:
+def preference_pairs(n: int, seed: int = 0, split: Split = "train", max_operand: int = 9) -> list[dict[str, Any]]:
     """``n`` rows ``{"prompt", "chosen", "rejected"}``: a right final answer against a wrong one.
 
     Both responses show the same correct working; the rejected one then states a different final answer after
@@ -49,9 +73,10 @@ def preference_pairs(n: int, seed: int = 0, max_operand: int = 9) -> list[dict[s
     verifying the sum itself from pairwise feedback alone is not (measured: about 60-70% held-out accuracy).
     """
     rng = random.Random(seed)
+    problems = _problems(rng, max_operand, split)
     rows = []
     for _ in range(n):
-        question, result, work = _problem(rng, max_operand)
+        question, result, work = next(problems)
         wrong = result + rng.choice([-3, -2, -1, 1, 2, 3])
         rows.append(
             {
@@ -63,23 +88,21 @@ def preference_pairs(n: int, seed: int = 0, max_operand: int = 9) -> list[dict[s
     return rows
 
 
-def prompts_with_answers(n: int, seed: int = 0, max_operand: int = 9) -> list[dict[str, Any]]:
+def prompts_with_answers(n: int, seed: int = 0, split: Split = "train", max_operand: int = 9) -> list[dict[str, Any]]:
     """``n`` rows ``{"prompt", "answer"}`` for reinforcement learning with a verifiable reward."""
-    rng = random.Random(seed)
-    return [
-        {"prompt": f"Question: {q}\nAnswer:", "answer": str(r)}
-        for q, r, _ in (_problem(rng, max_operand) for _ in range(n))
-    ]
+    problems = _problems(random.Random(seed), max_operand, split)
+    return [{"prompt": f"Question: {q}\nAnswer:", "answer": str(r)} for q, r, _ in (next(problems) for _ in range(n))]
 
 
-def text_corpus(n: int, seed: int = 0) -> list[dict[str, Any]]:
+def text_corpus(n: int, seed: int = 0, split: Split = "train") -> list[dict[str, Any]]:
     """``n`` rows ``{"text": ...}`` of short generated prose and sums, for continued pre-training."""
     rng = random.Random(seed)
+    problems = _problems(rng, 20, split)
     rows = []
     for _ in range(n):
         sentences = []
         for _ in range(rng.randint(2, 5)):
-            question, result, work = _problem(rng, 20)
+            question, result, work = next(problems)
             name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
             sentences.append(
                 rng.choice(

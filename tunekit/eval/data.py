@@ -63,7 +63,9 @@ def load_eval_rows(config: EvalDataConfig, seed: int) -> Rows:
     if config.path == "synthetic":
         if config.synthetic_size < 1:
             raise ConfigError(f"data.synthetic_size must be at least 1, got {config.synthetic_size}")
-        rows = Rows("synthetic", synthetic.sft_examples(config.synthetic_size, seed + SYNTHETIC_SEED_OFFSET))
+        rows = Rows(
+            "synthetic", synthetic.sft_examples(config.synthetic_size, seed + SYNTHETIC_SEED_OFFSET, "held_out")
+        )
     else:
         rows = read_rows(config.path, config.split)
     if config.max_examples is not None:

@@ -72,8 +72,8 @@ def train_tokenizer(vocab_size: int = 512, texts: list[str] | None = None):
     from tunekit.data import synthetic
 
     if texts is None:
-        texts = [r["text"] for r in synthetic.text_corpus(3000, seed=1234)]
-        texts += [f"{r['prompt']} {r['completion']}" for r in synthetic.sft_examples(2000, seed=4321)]
+        texts = [r["text"] for r in synthetic.text_corpus(3000, seed=1234, split="all")]
+        texts += [f"{r['prompt']} {r['completion']}" for r in synthetic.sft_examples(2000, seed=4321, split="all")]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -8,7 +8,6 @@ See docs/sft.md for the keys and docs/data.md for the data formats.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -43,10 +42,8 @@ def sft_step(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tenso
     return loss_sum, {}
 
 
-def run(
-    config: SFTConfig, synthetic_rows: Callable[[int, int], list[dict[str, Any]]] = synthetic.sft_examples
-) -> RunResult:
-    """Train per ``config``; ``synthetic_rows(n, seed)`` supplies the data when data.path is "synthetic"."""
+def run(config: SFTConfig, synthetic_rows: synthetic.Generator = synthetic.sft_examples) -> RunResult:
+    """Train per ``config``; ``synthetic_rows(n, seed, split)`` supplies the data when data.path is "synthetic"."""
     check_adapter_use(config.model, packing=config.data.packing)
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
