@@ -82,7 +82,11 @@ def generate(
     ends = end_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ends[0]
     # Every field set: generate fills unset ones from global defaults (e.g. top_k=50), which would change the policy.
-    settings: dict[str, Any] = {"do_sample": sample, "num_return_sequences": n, "max_new_tokens": decoding.max_new_tokens}
+    settings: dict[str, Any] = {
+        "do_sample": sample,
+        "num_return_sequences": n,
+        "max_new_tokens": decoding.max_new_tokens,
+    }
     if sample:
         settings.update(temperature=decoding.temperature, top_k=decoding.top_k, top_p=decoding.top_p)
     config = GenerationConfig(**settings, eos_token_id=ends, pad_token_id=pad, repetition_penalty=1.0)

@@ -67,7 +67,13 @@ EVALS: dict[str, dict[str, float]] = {
         "eval/reward_std": 1,
     },
     "dpo": {"eval/loss": 0.69, "eval/rewards/margin": 0.1, "eval/rewards/accuracy": 0.5, "eval/logps/chosen": -300.0},
-    "grpo": {"eval/reward": 0.4, "eval/rewards/math_correct": 0.4, "eval/greedy/reward": 0.7},
+    "grpo": {
+        "eval/reward": 0.4,
+        "eval/rewards/math_correct": 0.4,
+        "eval/greedy/reward": 0.7,
+        "eval/task/math_correct": 0.4,
+        "eval/greedy/task/math_correct": 0.7,
+    },
 }
 FAMILIES = {"sft": sft_like, "reward": reward_like, "dpo": dpo_like, "grpo": grpo_like}
 FAMILY_CHART = {"sft": set(), "reward": {"reward_model"}, "dpo": {"dpo"}, "grpo": {"rl"}}
@@ -112,6 +118,7 @@ def test_rules_route_shared_names_to_the_right_family() -> None:
     assert place("eval/rewards/margin")[1:] == ("dpo", "implicit reward margin")
     assert place("rewards/format")[1:] == ("rl", "reward: format")
     assert place("eval/greedy/reward")[1:] == ("rl", "reward (weighted total)")
+    assert place("eval/greedy/task/math_correct")[1:] == ("rl", "task metric: math_correct (held out)")
     assert place("eval/loss")[1] == place("loss")[1] == "loss"
     assert place("some_new_metric")[1:] == ("other", "some_new_metric")
 

@@ -82,6 +82,7 @@ RULES: tuple[Rule, ...] = (
     Rule("dpo", "implicit rewards: chosen vs rejected", r"rewards/(chosen|rejected)"),
     Rule("dpo", "policy log-probs: chosen vs rejected", r"logps/.+"),
     # Policy-gradient RL (GRPO, PPO): what is being raised, how far the policy moves, what it generates.
+    Rule("rl", "task metric: {checker} (held out)", r"task/(?P<checker>.+)"),
     Rule("rl", "reward (weighted total)", r"reward"),
     Rule("rl", "reward std within the step", r"reward_std|rewards/.+_std"),
     Rule("rl", "reward: {source}", r"rewards/(?P<source>.+)"),

@@ -128,3 +128,12 @@ def run_spec(config: RecipeConfig, output_dir: Path, resume_from: Path | None, *
         resume_from=resume_from,
         **fields,
     )
+
+
+def say_held_out_outcome(history: list[dict[str, Any]], keys: list[str]) -> None:
+    """Print each held-out ``eval/`` key's first and last value, sampled and greedy: a run's closing summary."""
+    for key in keys:
+        for prefix, label in (("eval/", "sampled"), ("eval/greedy/", "greedy")):
+            seen = [r[prefix + key] for r in history if prefix + key in r]
+            if seen:
+                say(f"held-out {key} ({label}): {seen[0]:.3f} at the first evaluation, {seen[-1]:.3f} at the end")

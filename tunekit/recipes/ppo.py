@@ -21,12 +21,22 @@ from tunekit.errors import ConfigError, ModelError
 from tunekit.models.adapters import check_adapter_use, count_parameters
 from tunekit.models.load import ModelConfig, adapter_dir, load_tokenizer
 from tunekit.models.policy import build_policy
-from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
+from tunekit.recipes.common import (
+    RecipeConfig,
+    final_saver,
+    parse_args,
+    run_command,
+    run_spec,
+    say,
+    say_held_out_outcome,
+    start_run,
+)
 from tunekit.rl.ppo import PPOLossConfig, PPOTrainer
 from tunekit.rl.rewards import RewardSource, load_reward_function
 from tunekit.rl.roles import CriticConfig, SharedRoles, policy_base, same_base
 from tunekit.rl.rollout import SamplingConfig, check_sampling
 from tunekit.rl.samples import SampleLog
+from tunekit.rl.task import load_task_metric
 from tunekit.train.checkpoint import checkpoint_state
 from tunekit.train.runner import RunResult, TrainConfig, train
 
@@ -61,6 +71,9 @@ class PPOConfig(RecipeConfig):
     sampling: SamplingConfig = field(default_factory=_ppo_sampling)
     ppo: PPOLossConfig = field(default_factory=PPOLossConfig)
     train: TrainConfig = field(default_factory=_ppo_train)
+    # The checker held-out evaluations score beside the reward, as eval/task/<name> (see docs/rewards.md): auto
+    # (math_correct when the held-out rows have an answer column), a reward-function name, or null (none).
+    task_metric: str | None = "auto"
     # Write prompts, completions and scores to samples.jsonl every this many rollout batches' steps (0: never).
     sample_every: int = 10
 
@@ -124,7 +137,8 @@ def run(config: PPOConfig) -> RunResult:
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
     prompts, eval_prompts = load_prompts(config.data, tokenizer, config.seed)
-    say(f"data: {len(prompts)} prompts, {len(eval_prompts)} held out")
+    task = load_task_metric(config.task_metric, eval_prompts)
+    say(f"data: {len(prompts)} prompts, {len(eval_prompts)} held out; task metric: {task.name if task else 'none'}")
     model = build_policy(config.model, reference_adapter=True)
     roles = SharedRoles(model, config.critic, config.reward_model)
     counts = count_parameters(model)
@@ -135,7 +149,7 @@ def run(config: PPOConfig) -> RunResult:
     saved = checkpoint_state(resume_from) if resume_from else {}
     samples = SampleLog(output_dir / "samples.jsonl", config.sample_every, saved.get("step"))
     extra_state = {k: v for k, v in saved.items() if k in PPOTrainer.STATE_KEYS}
-    trainer = PPOTrainer(config, tokenizer, roles, reward_functions, samples, extra_state)
+    trainer = PPOTrainer(config, tokenizer, roles, reward_functions, samples, extra_state, task)
     spec = run_spec(
         config,
         output_dir,
@@ -150,13 +164,8 @@ def run(config: PPOConfig) -> RunResult:
         extra_state=extra_state,
     )
     result = train(spec, model, trainer.step)
-    evals = [r for r in result.history if "eval/reward" in r]
-    if evals:
-        first, last = evals[0], evals[-1]
-        say(
-            f"held-out score: {first['eval/reward']:.3f} at the first evaluation, {last['eval/reward']:.3f} at the "
-            f"end (KL to the reference {last['eval/kl']:.3f} nats per completion, target {config.ppo.kl.target})"
-        )
+    say_held_out_outcome(result.history, ["reward", "kl", *([task.key] if task else [])])
+    say(f"(KL to the reference in nats per completion; target {config.ppo.kl.target})")
     say(f"done: {result.step} steps; run directory {output_dir}")
     return result
 

@@ -14,6 +14,7 @@ from tunekit.models.reference import ReferencePolicy
 from tunekit.rl.rewards import compute_rewards
 from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_rollout
 from tunekit.rl.samples import SampleLog
+from tunekit.rl.task import TaskMetric
 from tunekit.train.rng import seeded_rng
 
 
@@ -46,13 +47,20 @@ class GRPOTrainer:
     """The recipe's two hooks for the runner: ``prepare`` (rollouts and advantages) and ``step`` (the loss)."""
 
     def __init__(
-        self, config: Any, tokenizer: Any, reference: ReferencePolicy | None, rewards: list, samples: SampleLog
+        self,
+        config: Any,
+        tokenizer: Any,
+        reference: ReferencePolicy | None,
+        rewards: list,
+        samples: SampleLog,
+        task: TaskMetric | None = None,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.reference = reference
         self.rewards = rewards
         self.samples = samples
+        self.task = task
 
     def score(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return compute_rewards(self.rewards, rollout.prompts, rollout.completions, rollout.columns)
@@ -127,8 +135,9 @@ class GRPOTrainer:
         return metrics
 
     def evaluate(self, model: torch.nn.Module, prompts: list[PromptExample]) -> dict[str, float]:
-        """Held-out mean reward, in total and per source: of the policy's samples (the quantity GRPO raises),
-        ``sampling.num_generations`` per prompt at the training temperature, and of one greedy answer per prompt.
+        """Held-out mean reward, in total and per source, and the task metric (see :mod:`tunekit.rl.task`): of the
+        policy's samples (the quantity GRPO raises), ``sampling.num_generations`` per prompt at the training
+        temperature, and of one greedy answer per prompt.
 
         The samples use their own seeded generator state, so evaluating does not change the training run.
         """
@@ -141,7 +150,7 @@ class GRPOTrainer:
         )
         with seeded_rng(self.config.seed):
             for prefix, sampling in (("", self.config.sampling), ("greedy/", greedy)):
-                totals, sources = [], {}
+                totals, sources, checked = [], {}, []
                 size = self.config.train.micro_batch_size
                 for start in range(0, len(prompts), size):
                     rollout = generate_rollout(model, self.tokenizer, prompts[start : start + size], sampling)
@@ -149,6 +158,10 @@ class GRPOTrainer:
                     totals.append(total)
                     for name, values in per_source.items():
                         sources.setdefault(name, []).append(values)
+                    if self.task is not None:
+                        checked.append(self.task.score(rollout))
                 results[f"{prefix}reward"] = torch.cat(totals).mean().item()
                 results.update({f"{prefix}rewards/{n}": torch.cat(v).mean().item() for n, v in sources.items()})
+                if self.task is not None:
+                    results[f"{prefix}{self.task.key}"] = torch.cat(checked).mean().item()
         return results

@@ -15,6 +15,8 @@ Experience of N rollouts, all tensors [N, T-1] over next-token positions (positi
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ from tunekit.rl.rewards import compute_rewards
 from tunekit.rl.roles import SharedRoles
 from tunekit.rl.rollout import PromptExample, Rollout, generate_rollout
 from tunekit.rl.samples import SampleLog
+from tunekit.rl.task import TaskMetric
 from tunekit.train.rng import seeded_rng
 
 
@@ -102,8 +105,10 @@ class PPOTrainer:
         reward_sources: list,
         samples: SampleLog,
         extra_state: dict[str, Any],
+        task: TaskMetric | None = None,
     ) -> None:
         self.config = config
+        self.task = task
         self.loss: PPOLossConfig = config.ppo
         self.tokenizer = tokenizer
         self.roles = roles
@@ -243,28 +248,47 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------------------------------- evaluation
     def evaluate(self, model: torch.nn.Module, prompts: list[PromptExample]) -> dict[str, float]:
-        """Held-out score of sampled completions (what PPO raises) and their KL to the reference, per completion.
+        """Held-out score of sampled completions (what PPO raises), their KL to the reference per completion, and
+        the task metric (see :mod:`tunekit.rl.task`) of those samples and of one greedy answer per prompt.
 
         Sampling uses its own seeded generator state, so evaluating does not change the training run.
         """
-        scores, kls, parts_seen = [], [], {}
+        results: dict[str, float] = {}
+        greedy = dataclasses.replace(self.config.sampling, num_generations=1, temperature=0.0)
+        with seeded_rng(self.config.seed), torch.no_grad():
+            for prefix, sampling in (("", self.config.sampling), ("greedy/", greedy)):
+                scores, kls, checked, parts_seen = [], [], [], {}
+                for rollout, tensors in self._held_out_rollouts(model, prompts, sampling):
+                    if not prefix:  # the KL of greedy answers says little about the policy PPO samples from
+                        logps, mask = token_logps(model, tensors)
+                        with self.roles.acting(model, "reference"):
+                            ref_logps = token_logps(model, tensors)[0]
+                        kls.append(((logps - ref_logps) * mask).sum(-1).cpu())
+                    score, parts = self.score(model, rollout, tensors)
+                    scores.append(score)
+                    for name, values in parts.items():
+                        parts_seen.setdefault(name, []).append(values)
+                    if self.task is not None:
+                        checked.append(self.task.score(rollout))
+                results[f"{prefix}reward"] = torch.cat(scores).mean().item()
+                results.update(
+                    {f"{prefix}{name}": torch.cat(v).float().mean().item() for name, v in parts_seen.items()}
+                )
+                if kls:
+                    results["kl"] = torch.cat(kls).mean().item()
+                if self.task is not None:
+                    results[f"{prefix}{self.task.key}"] = torch.cat(checked).mean().item()
+        return results
+
+    def _held_out_rollouts(
+        self, model: torch.nn.Module, prompts: list[PromptExample], sampling: Any
+    ) -> Iterator[tuple[Rollout, dict[str, torch.Tensor]]]:
+        """(rollout, its tensors on the model's device) for each micro-batch of ``prompts``."""
         size = self.config.train.micro_batch_size
         device = next(model.parameters()).device
-        with seeded_rng(self.config.seed), torch.no_grad():
-            for start in range(0, len(prompts), size):
-                rollout = generate_rollout(model, self.tokenizer, prompts[start : start + size], self.config.sampling)
-                tensors = {name: t.to(device) for name, t in rollout.batch().items()}
-                logps, mask = token_logps(model, tensors)
-                with self.roles.acting(model, "reference"):
-                    ref_logps = token_logps(model, tensors)[0]
-                kls.append(((logps - ref_logps) * mask).sum(-1).cpu())
-                score, parts = self.score(model, rollout, tensors)
-                scores.append(score)
-                for name, values in parts.items():
-                    parts_seen.setdefault(name, []).append(values)
-        results = {"reward": torch.cat(scores).mean().item(), "kl": torch.cat(kls).mean().item()}
-        results.update({name: torch.cat(v).float().mean().item() for name, v in parts_seen.items()})
-        return results
+        for start in range(0, len(prompts), size):
+            rollout = generate_rollout(model, self.tokenizer, prompts[start : start + size], sampling)
+            yield rollout, {name: t.to(device) for name, t in rollout.batch().items()}
 
 
 def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
