@@ -29,13 +29,18 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import oracle_trl  # noqa: E402
-from policy_eval import Decoding, evaluate_policy  # noqa: E402
+from policy_eval import Decoding, evaluate_policy, load_policy  # noqa: E402
 from report import machine, versions  # noqa: E402
 
 WARM_START_COMMAND = "python -m tunekit.recipes.sft --config recipes/sft/tiny-warmstart.yaml"
 # Seconds, not minutes: two optimizer steps on 16 prompts, short completions, four held-out prompts.
 SMOKE = [
     "max_steps=2",
+    # The step's shape is pinned, so that two steps stay two whatever the recipe's defaults become.
+    "train.micro_batch_size=4",
+    "train.grad_accum_steps=1",
+    "train.epochs=1",
+    "loss.passes=1",
     "data.synthetic_size=16",
     "data.eval_fraction=0.25",
     "sampling.num_generations=4",
@@ -196,8 +201,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     checker_name = args.checker or (configured if configured not in (None, "auto") else "math_correct")
     checker = load_reward_function(checker_name)
     policies: dict[str, dict[str, Any]] = {}
+    reference = load_policy(start)
     for name, path in [("warm start", str(start)), *((n, r["final"]) for n, r in runs.items())]:
-        score = evaluate_policy(path, tokenizer, held_out, checker, decoding)
+        score = evaluate_policy(
+            path, tokenizer, held_out, checker, decoding, None if name == "warm start" else reference
+        )
         policies[name] = {**dataclasses.asdict(score), "path": path, "wall_s": runs.get(name, {}).get("wall_s")}
 
     results = {
@@ -213,6 +221,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    # The comparison means nothing unless both sides trained on the same prompts: fail loudly, figures kept above.
+    if results["tunekit"].get("order_as_reconstructed") is False:
+        raise SystemExit(
+            "tunekit's rollouts drew other prompts than the oracle laid out for TRL (runner order changed?)"
+        )
+    if results["trl"].get("prompt_ids_match") is False:
+        raise SystemExit("TRL generated from other prompt ids than tunekit's, or in another order")
     return results
 
 
@@ -241,8 +256,9 @@ def setup(config: Any, steps: int, n_train: int, n_eval: int, decoding: Decoding
     }
 
 
-def print_table(results: dict[str, Any], out: Any = sys.stdout) -> None:
+def print_table(results: dict[str, Any], out: Any = None) -> None:
     """The markdown table, then the setup, the machine and what the two sides could not share."""
+    out = out or sys.stdout
     print("\n| policy | sampled accuracy | greedy accuracy | mean completion tokens | train wall time |", file=out)
     print("|---|---|---|---|---|", file=out)
     for name, p in results["policies"].items():
@@ -252,9 +268,14 @@ def print_table(results: dict[str, Any], out: Any = sys.stdout) -> None:
             f"{p['greedy_se']:.3f} | {p['mean_completion_tokens']:.1f} | {wall} |",
             file=out,
         )
+    drift = [
+        f"{n} {p['kl_to_reference']:.4f}" for n, p in results["policies"].items() if p["kl_to_reference"] is not None
+    ]
+    if drift:
+        print(f"\nKL(policy || warm start) per token of the policy's held-out samples: {', '.join(drift)}", file=out)
     s = results["setup"]
     print(
-        f"\nsetup: {s['steps']} steps x {s['prompts_per_step']} prompts x {s['num_generations']} completions "
+        f"{'' if drift else chr(10)}setup: {s['steps']} steps x {s['prompts_per_step']} prompts x {s['num_generations']} completions "
         f"({s['train_prompts']} training prompts), lr {s['lr']:g} {s['scheduler']}, {s['adapter']}, max_new_tokens "
         f"{s['max_new_tokens']}, temperature {s['temperature']:g}, kl_beta {s['kl_beta']:g}, clip {s['clip']}, "
         f"aggregation {s['aggregation']}, passes {s['passes']}, rewards {', '.join(s['rewards'])}; scored on "

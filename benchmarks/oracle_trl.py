@@ -134,6 +134,8 @@ def unaligned(config: Any) -> list[str]:
 
 def check_supported(config: Any) -> None:
     """Refuse what the TRL side cannot run like tunekit, with a SystemExit that says why."""
+    if config.sampling.temperature <= 0:
+        raise SystemExit("sampling.temperature=0: TRL always samples (and GRPO's groups would all be one answer)")
     if config.sampling.stop_strings:
         raise SystemExit("sampling.stop_strings: TRL's generate call takes no tokenizer, so it cannot stop on text")
     if config.model.adapter.method not in ("lora", "dora", "full"):
@@ -211,6 +213,7 @@ def reward_functions(config: Any, columns: list[str], ends: list[int]) -> tuple[
 def run(config: Any, train_prompts: list[Any], tokenizer: Any, start: Path, steps: int, out: Path) -> dict[str, Any]:
     """Train with TRL's GRPOTrainer for ``steps`` optimizer steps; final weights in ``out/final``."""
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
     check_supported(config)
@@ -257,6 +260,7 @@ def run(config: Any, train_prompts: list[Any], tokenizer: Any, start: Path, step
     if mismatched:
         trainer.given = expected
     trainer.seen = []
+    trainer.remove_callback(PrinterCallback)  # the step logs stay in log_history (and the JSON), off the terminal
     trained = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - trained

@@ -47,6 +47,9 @@ class PolicyScore:
     prompts: int
     samples_per_prompt: int
     truncated_fraction: float  # samples that reached max_new_tokens without an end token
+    # Exact KL(policy || reference) of the next-token distributions, averaged over the tokens of the policy's own
+    # samples: how far training moved the policy from where it started (None: no reference given).
+    kl_to_reference: float | None
     examples: list[dict[str, Any]]  # the first prompts' greedy answers, to read by eye
 
 
@@ -90,6 +93,9 @@ def generate(
     if sample:
         settings.update(temperature=decoding.temperature, top_k=decoding.top_k, top_p=decoding.top_p)
     config = GenerationConfig(**settings, eos_token_id=ends, pad_token_id=pad, repetition_penalty=1.0)
+    # generate would fill the fields left unset from the checkpoint's generation_config.json (a repetition penalty,
+    # a minimum length...): the policy is scored on its own distribution, so that file is set aside.
+    model.generation_config = GenerationConfig(eos_token_id=ends, pad_token_id=pad)
     model.eval()
     out: list[list[list[int]]] = []
     for start in range(0, len(prompt_ids), decoding.batch_prompts):
@@ -134,10 +140,44 @@ def score(
     return [values[i : i + n] for i in range(0, len(values), n)], [texts[i : i + n] for i in range(0, len(texts), n)]
 
 
+@torch.no_grad()
+def kl_to(
+    reference: torch.nn.Module, model: torch.nn.Module, prompt_ids: Sequence[list[int]], completions: Any
+) -> float:
+    """Mean over the completions' tokens of the exact KL(model || reference) of the next-token distributions.
+
+    completions: [P][n] token ids; each prompt's n completions go through both models as one right-padded batch.
+    """
+    total, count = 0.0, 0
+    for ids, group in zip(prompt_ids, completions, strict=True):
+        width = len(ids) + max(len(c) for c in group)
+        batch = torch.zeros((len(group), width), dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for row, c in enumerate(group):
+            batch[row, : len(ids) + len(c)] = torch.tensor(ids + c)
+            mask[row, : len(ids) + len(c)] = 1
+        # Position t predicts token t + 1: the completion's tokens are predicted from len(ids) - 1 on.
+        scored = mask[:, len(ids) :].bool()
+        logps = [
+            m(input_ids=batch, attention_mask=mask).logits[:, len(ids) - 1 : -1].log_softmax(-1)
+            for m in (model, reference)
+        ]
+        kl = (logps[0].exp() * (logps[0] - logps[1])).sum(-1)
+        total += kl[scored].sum().item()
+        count += int(scored.sum())
+    return total / max(count, 1)
+
+
 def evaluate_policy(
-    path: str | Path, tokenizer: Any, prompts: Sequence[Any], checker: Callable[..., list[float]], decoding: Decoding
+    path: str | Path,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    checker: Callable[..., list[float]],
+    decoding: Decoding,
+    reference: torch.nn.Module | None = None,
 ) -> PolicyScore:
-    """Load the policy at ``path`` and score it on ``prompts`` (see the module docstring)."""
+    """Load the policy at ``path`` and score it on ``prompts`` (see the module docstring); with ``reference``
+    (e.g. the warm start) also the KL to it."""
     model = load_policy(path)
     ids = [p.prompt_ids for p in prompts]
     sampling = decoding.temperature > 0
@@ -162,6 +202,7 @@ def evaluate_policy(
         prompts=len(prompts),
         samples_per_prompt=decoding.samples,
         truncated_fraction=_mean([float(t) for t in truncated]),
+        kl_to_reference=None if reference is None else kl_to(reference.eval(), model, ids, sampled),
         examples=[
             {"prompt": p.prompt, "columns": p.columns, "greedy": texts[0], "correct": row[0]}
             for p, texts, row in list(zip(prompts, greedy_texts, greedy_scores, strict=True))[:3]

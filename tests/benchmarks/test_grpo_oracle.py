@@ -48,10 +48,15 @@ def test_trl_trained_on_tunekits_prompt_ids_in_tunekits_order_with_the_mapped_hy
     assert tunekit["order_as_reconstructed"] is True
     assert trl["prompt_ids_match"] is True and trl["generation_batches"] == 2
     assert trl["tokenization"] == {"checked": 16, "mismatched": 0, "tunekit_ids_given": False}
-    args = trl["arguments"]
+    # The recipe's hyperparameters, whatever its defaults are today, mapped onto TRL's names.
+    args, config = trl["arguments"], smoke["config"]
     assert args["per_device_train_batch_size"] == 4 * 4 and args["gradient_accumulation_steps"] == 1
-    assert args["max_steps"] == 2 and args["shuffle_dataset"] is False
-    assert (args["loss_type"], args["beta"], args["epsilon"], args["epsilon_high"]) == ("grpo", 0.04, 0.2, 0.28)
+    assert args["max_steps"] == 2 and args["shuffle_dataset"] is False and args["num_iterations"] == 1
+    assert args["learning_rate"] == config["train"]["lr"] and args["beta"] == config["loss"]["kl_beta"]
+    assert (args["epsilon"], args["epsilon_high"]) == (config["loss"]["clip_low"], config["loss"]["clip_high"])
+    assert (
+        args["loss_type"] == {"sequence": "grpo", "token": "dapo", "dr_grpo": "dr_grpo"}[config["loss"]["aggregation"]]
+    )
     assert args["use_bias_correction_kl"] is False and args["gradient_checkpointing"] is False
     assert args["report_to"] == "none" and args["bf16"] is False
 

@@ -13,6 +13,7 @@ from tunekit.recipes.grpo import GRPOConfig, run
 
 FAST = [
     "model.path=tiny-llama",
+    "model.adapter.method=lora",
     "train.progress=false",
     "data.synthetic_size=16",
     "data.max_eval_examples=4",
@@ -82,7 +83,11 @@ def test_mistakes_are_reported_before_training(tmp_path, overrides, error, messa
     assert not (out / "metrics.jsonl").exists()
 
 
-def test_default_task_raises_the_held_out_reward_after_the_warm_start(tmp_path, sft_warm_start):
+def test_the_default_lifts_held_out_exact_match_sampled_and_greedy(tmp_path, sft_warm_start):
+    # The default run cut to 100 of its 150 steps, evaluated at the start and the end only. Held-out prompts are
+    # never training prompts (tunekit.data.synthetic reserves them). Measured with one torch thread, as under
+    # pytest-xdist (seed 0): sampled exact match 0.334 -> 0.564, greedy 0.453 -> 0.703; the full default reaches
+    # 0.627 / 0.734 (docs/results.md).
     result = run(
         load_config(
             GRPOConfig,
@@ -91,22 +96,18 @@ def test_default_task_raises_the_held_out_reward_after_the_warm_start(tmp_path, 
                 f"output_dir={tmp_path / 'grpo'}",
                 f"model.path={sft_warm_start}",
                 "train.progress=false",
-                "train.eval_every=10",
+                "max_steps=100",
+                "train.eval_every=100",
             ],
         )
     )
-    # The default task learns slowly: one evaluation's mean reward (40 held-out prompts, 8 samples each) moves by
-    # about 0.03 between neighbouring evaluations, as much as 90 steps raise it. So the test averages: the held-out
-    # reward over the second half of the run against the start, and the training reward of the last two thirds of
-    # the steps against the first third. Measured on 2 CPU cores, seeds 0-3: held-out +0.024, -0.014, +0.020,
-    # +0.015 (seed 0 with one torch thread a process, as under pytest-xdist: +0.050); training reward +0.023,
-    # +0.061, +0.029, +0.017.
-    sampled = [r["eval/reward"] for r in result.history if "eval/reward" in r]
-    later = sampled[len(sampled) // 2 :]
-    assert sum(later) / len(later) > sampled[0] + 0.015, sampled
-    trained = [r["reward"] for r in result.history if "reward" in r]
-    third = len(trained) // 3
-    assert sum(trained[third:]) / len(trained[third:]) > sum(trained[:third]) / third, trained
+    evals = [r for r in result.history if "eval/task/math_correct" in r]
+    assert [r["step"] for r in evals] == [0, 100]
+    start, end = evals
+    assert end["eval/task/math_correct"] > start["eval/task/math_correct"] + 0.1, evals
+    assert end["eval/greedy/task/math_correct"] >= start["eval/greedy/task/math_correct"], evals
+    # The reward here is the checker itself, so the two must agree: a sign that the metric scores what trains.
+    assert end["eval/reward"] == end["eval/task/math_correct"]
 
 
 def test_a_reward_model_from_the_reward_recipe_is_a_reward_source(tmp_path):

@@ -183,11 +183,15 @@ def test_bad_inputs_are_named_before_anything_is_written(runs, tmp_path):
         assert words in str(err.value), (override, str(err.value))
         assert not out.exists(), override
     with pytest.raises(ConfigError, match="needs a reward"):
-        ppo.run(ppo_config(out, runs, "reward_model=null"))
+        ppo.run(ppo_config(out, runs, "reward_model=null", "rewards=[]"))
 
 
-def test_default_run_raises_the_reward_model_score_within_the_kl_target(tmp_path, sft_warm_start):
-    """The default pipeline, shortened: the reward model on the warm start, then 40 PPO steps (10 rollout batches)."""
+def test_the_default_pipeline_raises_the_score_without_losing_held_out_exact_match(tmp_path, sft_warm_start):
+    """The default pipeline with a shorter reward run (300 steps), PPO's 100 steps evaluated at the start and end.
+
+    The outcome the pipeline exists for is held-out exact match, which a policy that fools the reward model loses
+    (the old default, lr 1e-3 on the reward model alone: greedy 0.475 -> 0.275). Sampled exact match of one
+    completion for each of 40 prompts is too noisy to pin a rise on, so it only may not fall."""
     reward_dir = tmp_path / "reward"
     reward.run(
         load_config(
@@ -204,12 +208,14 @@ def test_default_run_raises_the_reward_model_score_within_the_kl_target(tmp_path
             f"model.path={sft_warm_start}",
             f"reward_model={reward_dir / 'final'}",
             "train.progress=false",
-            "max_steps=40",
+            "train.eval_every=100",
         ],
     )
     result = ppo.run(config)
     evals = [r for r in result.history if "eval/reward" in r]
-    assert [r["step"] for r in evals] == [0, 10, 20, 30, 40]
-    first, last = evals[0], evals[-1]
-    assert last["eval/reward"] > first["eval/reward"] + 0.5, [r["eval/reward"] for r in evals]
-    assert last["eval/kl"] < config.ppo.kl.target, [r["eval/kl"] for r in evals]
+    assert [r["step"] for r in evals] == [0, 100]
+    first, last = evals
+    assert last["eval/reward"] > first["eval/reward"] + 0.3, evals
+    assert last["eval/task/math_correct"] >= first["eval/task/math_correct"], evals
+    assert last["eval/greedy/task/math_correct"] >= first["eval/greedy/task/math_correct"], evals
+    assert last["eval/kl"] <= 1.25 * config.ppo.kl.target, evals

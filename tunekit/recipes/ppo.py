@@ -50,8 +50,17 @@ HOW_TO_PREPARE = (
 )
 
 
+# lr 2e-4: at 1e-3 the policy drifted within 100 steps (held-out greedy exact match 0.475 -> 0.275, with or without
+# the checker beside the reward model); docs/results.md has the runs.
 def _ppo_train() -> TrainConfig:
-    return TrainConfig(lr=1e-3, epochs=1, micro_batch_size=16, eval_every=10, warmup_ratio=0.0, scheduler="constant")
+    return TrainConfig(lr=2e-4, epochs=1, micro_batch_size=16, eval_every=10, warmup_ratio=0.0, scheduler="constant")
+
+
+def _default_rewards() -> list[RewardSource]:
+    # A verifiable checker beside the reward model: a learned score alone is what a policy learns to fool (the tiny
+    # reward model spots a wrong final number, not wrong working). Weight 5 is about the reward model's spread
+    # between right and wrong answers, so neither signal drowns the other.
+    return [RewardSource(name="math_correct", weight=5.0)]
 
 
 def _ppo_sampling() -> SamplingConfig:
@@ -64,8 +73,8 @@ class PPOConfig(RecipeConfig):
     # A reward run's final/ (LoRA adapter + score head) trained on the policy's base; shared, not copied.
     # null: rewards come from the reward functions alone.
     reward_model: str | None = DEFAULT_REWARD_MODEL
-    # Reward functions added to the reward model's score (as in GRPO), e.g. [{name: math_correct, weight: 1}].
-    rewards: list[RewardSource] = field(default_factory=list)
+    # Reward functions added to the reward model's score (as in GRPO); [] for the reward model alone.
+    rewards: list[RewardSource] = field(default_factory=_default_rewards)
     critic: CriticConfig = field(default_factory=CriticConfig)
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
     sampling: SamplingConfig = field(default_factory=_ppo_sampling)
