@@ -273,9 +273,9 @@ def print_table(results: dict[str, Any], out: Any = None) -> None:
     ]
     if drift:
         print(f"\nKL(policy || warm start) per token of the policy's held-out samples: {', '.join(drift)}", file=out)
-    s = results["setup"]
+    s, lead = results["setup"], "" if drift else "\n"
     print(
-        f"{'' if drift else chr(10)}setup: {s['steps']} steps x {s['prompts_per_step']} prompts x {s['num_generations']} completions "
+        f"{lead}setup: {s['steps']} steps x {s['prompts_per_step']} prompts x {s['num_generations']} completions "
         f"({s['train_prompts']} training prompts), lr {s['lr']:g} {s['scheduler']}, {s['adapter']}, max_new_tokens "
         f"{s['max_new_tokens']}, temperature {s['temperature']:g}, kl_beta {s['kl_beta']:g}, clip {s['clip']}, "
         f"aggregation {s['aggregation']}, passes {s['passes']}, rewards {', '.join(s['rewards'])}; scored on "
