@@ -24,6 +24,7 @@ TRL's arguments (:func:`trl_arguments`); what TRL cannot be made to do the same 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -127,8 +128,6 @@ def unaligned(config: Any) -> list[str]:
         )
     if config.loss.skip_equal_groups:
         notes.append("loss.skip_equal_groups: TRL has no such option and trains on zero-advantage groups too")
-    if config.model.adapter.method == "full" and config.loss.kl_beta > 0 and config.train.mixed_precision != "no":
-        notes.append("TRL computes the reference model's log-probs under its own autocast settings")
     return notes
 
 
@@ -161,8 +160,6 @@ def policy(config: Any, start: Path) -> tuple[torch.nn.Module, Any]:
         return load_policy(start, dtype, attn), None
     if (start / "adapter_config.json").is_file():
         # tunekit continues an earlier adapter; TRL does too, with a frozen copy of it as the reference.
-        import json
-
         base = load_policy(json.loads((start / "adapter_config.json").read_text())["base_model_name_or_path"], dtype)
         return PeftModel.from_pretrained(base, str(start), is_trainable=True), None
     targets = "all-linear" if adapter.target_modules == ["all-linear"] else list(adapter.target_modules)
