@@ -263,6 +263,8 @@ def test_refused_combinations_fail_before_the_run_starts(tmp_path, recipe, overr
     }[recipe]
     out = tmp_path / "run"
     extra = ["model.path=tiny-llama"] if recipe == "grpo" and not any("model.path" in o for o in overrides) else []
+    if recipe == "grpo" and not any("adapter.method" in o for o in overrides):
+        extra.append("model.adapter.method=lora")  # the default trains the tiny model fully; these cases are adapters
     config = load_config(cls, None, [f"output_dir={out}", *extra, *overrides])
     with pytest.raises(error, match=words):
         module.run(config)
