@@ -24,6 +24,7 @@ CASES = {
     "dpo": ["data.synthetic_size=48", "data.eval_fraction=0.1"],
     "grpo": [
         "model.path=tiny-llama",
+        "model.adapter.method=lora",
         "data.synthetic_size=16",
         "data.max_eval_examples=4",
         "sampling.num_generations=4",

@@ -88,6 +88,7 @@ def test_a_run_on_an_earlier_runs_adapter_loads_and_exports_as_it_was_trained(tm
         loaded = load_model(ModelConfig(path="final")).eval()(ids).logits
         exported = AutoModelForCausalLM.from_pretrained(tmp_path / merged_dir).eval()(ids).logits
         base_and_b = PeftModel.from_pretrained(load_model(ModelConfig(path="tiny-llama")), "final").eval()(ids).logits
-    torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=0)
-    torch.testing.assert_close(exported, trained, atol=1e-5, rtol=0)
+    # Merging A (and B) into the weights changes the order of float additions: differences of 2e-5 were seen.
+    torch.testing.assert_close(loaded, trained, atol=1e-4, rtol=0)
+    torch.testing.assert_close(exported, trained, atol=1e-4, rtol=0)
     assert (base_and_b - trained).abs().max() > 1e-3  # A's training is part of what B was trained on
