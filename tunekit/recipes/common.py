@@ -37,6 +37,18 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@dataclass
+class RLRecipeConfig(RecipeConfig):
+    """The keys the RL recipes (GRPO, PPO) share."""
+
+    # The checker held-out evaluations score beside the reward, as eval/task/<name> (see docs/grpo.md#metrics):
+    # auto (math_correct when the held-out rows have an answer column), a reward-function name, or null (none).
+    task_metric: str | None = "auto"
+    # Write prompts, completions and their scores to samples.jsonl at the steps that fall on a multiple of this
+    # (0: never).
+    sample_every: int = 10
+
+
 def parse_args(cls: type[C], argv: list[str] | None, recipe: str, doc: str | None = None) -> C:
     """``[--config FILE] [key.sub=value ...]`` -> a config of ``cls``; ``--help`` lists every key."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -22,7 +22,7 @@ from tunekit.models.load import ModelConfig, load_tokenizer
 from tunekit.models.policy import build_policy
 from tunekit.models.reference import ReferencePolicy
 from tunekit.recipes.common import (
-    RecipeConfig,
+    RLRecipeConfig,
     final_saver,
     parse_args,
     run_command,
@@ -66,7 +66,7 @@ def _warm_model() -> ModelConfig:
 
 
 @dataclass
-class GRPOConfig(RecipeConfig):
+class GRPOConfig(RLRecipeConfig):
     model: ModelConfig = field(default_factory=_warm_model)
     data: PromptDataConfig = field(default_factory=_grpo_data)
     sampling: SamplingConfig = field(default_factory=_grpo_sampling)
@@ -75,11 +75,6 @@ class GRPOConfig(RecipeConfig):
     rewards: list[RewardSource] = field(default_factory=_default_rewards)
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
     train: TrainConfig = field(default_factory=_grpo_train)
-    # The checker held-out evaluations score beside the reward, as eval/task/<name> (see docs/rewards.md): auto
-    # (math_correct when the held-out rows have an answer column), a reward-function name, or null (none).
-    task_metric: str | None = "auto"
-    # Write prompts, completions and rewards to samples.jsonl every this many steps (0: never).
-    sample_every: int = 10
 
 
 def check_config(config: GRPOConfig) -> None:

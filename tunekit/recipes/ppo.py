@@ -22,7 +22,7 @@ from tunekit.models.adapters import check_adapter_use, count_parameters
 from tunekit.models.load import ModelConfig, adapter_dir, load_tokenizer
 from tunekit.models.policy import build_policy
 from tunekit.recipes.common import (
-    RecipeConfig,
+    RLRecipeConfig,
     final_saver,
     parse_args,
     run_command,
@@ -68,7 +68,7 @@ def _ppo_sampling() -> SamplingConfig:
 
 
 @dataclass
-class PPOConfig(RecipeConfig):
+class PPOConfig(RLRecipeConfig):
     model: ModelConfig = field(default_factory=lambda: ModelConfig(path=WARM_START))
     # A reward run's final/ (LoRA adapter + score head) trained on the policy's base; shared, not copied.
     # null: rewards come from the reward functions alone.
@@ -80,11 +80,6 @@ class PPOConfig(RecipeConfig):
     sampling: SamplingConfig = field(default_factory=_ppo_sampling)
     ppo: PPOLossConfig = field(default_factory=PPOLossConfig)
     train: TrainConfig = field(default_factory=_ppo_train)
-    # The checker held-out evaluations score beside the reward, as eval/task/<name> (see docs/rewards.md): auto
-    # (math_correct when the held-out rows have an answer column), a reward-function name, or null (none).
-    task_metric: str | None = "auto"
-    # Write prompts, completions and scores to samples.jsonl every this many rollout batches' steps (0: never).
-    sample_every: int = 10
 
 
 def check_config(config: PPOConfig) -> None:

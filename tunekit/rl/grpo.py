@@ -12,7 +12,7 @@ from tunekit.losses.policy import Aggregation, grpo_loss
 from tunekit.models.logprobs import token_logps
 from tunekit.models.reference import ReferencePolicy
 from tunekit.rl.rewards import compute_rewards
-from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_rollout
+from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_rollout, rollouts_in_batches
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import TaskMetric
 from tunekit.train.rng import seeded_rng
@@ -152,8 +152,7 @@ class GRPOTrainer:
             for prefix, sampling in (("", self.config.sampling), ("greedy/", greedy)):
                 totals, sources, checked = [], {}, []
                 size = self.config.train.micro_batch_size
-                for start in range(0, len(prompts), size):
-                    rollout = generate_rollout(model, self.tokenizer, prompts[start : start + size], sampling)
+                for rollout in rollouts_in_batches(model, self.tokenizer, prompts, sampling, size):
                     total, per_source = self.score(rollout)
                     totals.append(total)
                     for name, values in per_source.items():

@@ -16,7 +16,6 @@ Experience of N rollouts, all tensors [N, T-1] over next-token positions (positi
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +27,7 @@ from tunekit.losses.reduce import masked_mean, masked_whiten, selective_log_soft
 from tunekit.models.logprobs import token_logps
 from tunekit.rl.rewards import compute_rewards
 from tunekit.rl.roles import SharedRoles
-from tunekit.rl.rollout import PromptExample, Rollout, generate_rollout
+from tunekit.rl.rollout import PromptExample, Rollout, generate_rollout, rollouts_in_batches
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import TaskMetric
 from tunekit.train.rng import seeded_rng
@@ -255,10 +254,13 @@ class PPOTrainer:
         """
         results: dict[str, float] = {}
         greedy = dataclasses.replace(self.config.sampling, num_generations=1, temperature=0.0)
+        size = self.config.train.micro_batch_size
+        device = next(model.parameters()).device
         with seeded_rng(self.config.seed), torch.no_grad():
             for prefix, sampling in (("", self.config.sampling), ("greedy/", greedy)):
                 scores, kls, checked, parts_seen = [], [], [], {}
-                for rollout, tensors in self._held_out_rollouts(model, prompts, sampling):
+                for rollout in rollouts_in_batches(model, self.tokenizer, prompts, sampling, size):
+                    tensors = {name: t.to(device) for name, t in rollout.batch().items()}
                     if not prefix:  # the KL of greedy answers says little about the policy PPO samples from
                         logps, mask = token_logps(model, tensors)
                         with self.roles.acting(model, "reference"):
@@ -279,16 +281,6 @@ class PPOTrainer:
                 if self.task is not None:
                     results[f"{prefix}{self.task.key}"] = torch.cat(checked).mean().item()
         return results
-
-    def _held_out_rollouts(
-        self, model: torch.nn.Module, prompts: list[PromptExample], sampling: Any
-    ) -> Iterator[tuple[Rollout, dict[str, torch.Tensor]]]:
-        """(rollout, its tensors on the model's device) for each micro-batch of ``prompts``."""
-        size = self.config.train.micro_batch_size
-        device = next(model.parameters()).device
-        for start in range(0, len(prompts), size):
-            rollout = generate_rollout(model, self.tokenizer, prompts[start : start + size], sampling)
-            yield rollout, {name: t.to(device) for name, t in rollout.batch().items()}
 
 
 def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

@@ -9,7 +9,7 @@ go through ``transformers``' ``generate``. Both stop early once every row has fi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,3 +246,11 @@ def _cut(tokens: list[int], tokenizer: Any, stop_strings: list[str], end_ids: li
     while length and tokens[length - 1] == pad:
         length -= 1
     return text, length, False
+
+
+def rollouts_in_batches(
+    model: torch.nn.Module, tokenizer: Any, prompts: list[PromptExample], sampling: SamplingConfig, batch_size: int
+) -> Iterator[Rollout]:
+    """:func:`generate_rollout` over ``prompts``, ``batch_size`` prompts at a time (held-out evaluation)."""
+    for start in range(0, len(prompts), batch_size):
+        yield generate_rollout(model, tokenizer, prompts[start : start + batch_size], sampling)
