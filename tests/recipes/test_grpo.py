@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from tunekit.config import load_config
 from tunekit.errors import ConfigError, DataError
 from tunekit.recipes.grpo import GRPOConfig, run
+from tunekit.rl.rewards import RewardFunctionError
 
 FAST = [
     "model.path=tiny-llama",
@@ -74,6 +75,8 @@ def test_loop_runs_with_several_passes_kl_and_clip_higher(tmp_path):
         (["sampling.temperature=-1"], ConfigError, "sampling.temperature must be 0"),
         (["sampling.top_p=0"], ConfigError, "sampling.top_p must be in"),
         (["sampling.top_k=-2"], ConfigError, "sampling.top_k must be 0"),
+        (["task_metric=math_corect"], ConfigError, "unknown reward 'math_corect'"),
+        (["task_metric=model:runs/rm/final"], ConfigError, "names a reward model"),
     ],
 )
 def test_mistakes_are_reported_before_training(tmp_path, overrides, error, message):
@@ -81,6 +84,22 @@ def test_mistakes_are_reported_before_training(tmp_path, overrides, error, messa
     with pytest.raises(error, match=message):
         run(grpo_config(out, *overrides))
     assert not (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([], "reward function 'math_correct' needs an argument the data does not give"),
+        (["rewards=[{name: format}]", "task_metric=math_correct"], "'task_metric math_correct' needs an argument"),
+    ],
+)
+def test_a_checker_that_needs_a_column_the_data_lacks_is_refused_before_training(tmp_path, overrides, message):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Say {i}.", "topic": "numbers"}) + "\n" for i in range(20)))
+    out = tmp_path / "grpo"
+    with pytest.raises(RewardFunctionError, match=message):
+        run(grpo_config(out, f"data.path={data}", *overrides))
+    assert not out.exists()
 
 
 def test_the_default_lifts_held_out_exact_match_sampled_and_greedy(tmp_path, sft_warm_start):

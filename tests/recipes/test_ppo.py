@@ -176,6 +176,7 @@ def test_bad_inputs_are_named_before_anything_is_written(runs, tmp_path):
         ("data.max_prompt_length=4", DataError, "row"),
         ("sampling.top_p=0", ConfigError, "sampling.top_p must be in (0, 1]"),
         ("sampling.max_new_tokens=0", ConfigError, "sampling.max_new_tokens must be at least 1"),
+        ("task_metric=math_corect", ConfigError, "unknown reward 'math_corect'"),
     ]
     for override, error, words in cases:
         with pytest.raises(error) as err:

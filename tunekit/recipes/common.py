@@ -41,8 +41,8 @@ class RecipeConfig:
 class RLRecipeConfig(RecipeConfig):
     """The keys the RL recipes (GRPO, PPO) share."""
 
-    # The checker held-out evaluations score beside the reward, as eval/task/<name> (see docs/grpo.md#metrics):
-    # auto (math_correct when the held-out rows have an answer column), a reward-function name, or null (none).
+    # The checker held-out evaluations score beside the reward, as eval/task/<name> (docs/rewards.md): auto
+    # (math_correct when the held-out rows have an answer column), a reward-function name, or null (none).
     task_metric: str | None = "auto"
     # Write prompts, completions and their scores to samples.jsonl at the steps that fall on a multiple of this
     # (0: never).

@@ -32,7 +32,7 @@ from tunekit.recipes.common import (
     start_run,
 )
 from tunekit.rl.ppo import PPOLossConfig, PPOTrainer
-from tunekit.rl.rewards import RewardSource, load_reward_function
+from tunekit.rl.rewards import RewardSource, check_reward_columns, load_reward_function
 from tunekit.rl.roles import CriticConfig, SharedRoles, policy_base, same_base
 from tunekit.rl.rollout import SamplingConfig, check_sampling
 from tunekit.rl.samples import SampleLog
@@ -141,6 +141,7 @@ def run(config: PPOConfig) -> RunResult:
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
     prompts, eval_prompts = load_prompts(config.data, tokenizer, config.seed)
+    check_reward_columns(reward_functions, list(prompts[0].columns))
     task = load_task_metric(config.task_metric, eval_prompts)
     say(f"data: {len(prompts)} prompts, {len(eval_prompts)} held out; task metric: {task.name if task else 'none'}")
     model = build_policy(config.model, reference_adapter=True)

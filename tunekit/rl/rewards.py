@@ -128,6 +128,13 @@ def reward_model_function(path: str) -> RewardFn:
     return score
 
 
+def check_reward_columns(sources: Sequence[tuple[RewardSource, RewardFn]], columns: list[str]) -> None:
+    """Refuse, before any model is loaded, a reward function that cannot take the data's ``columns`` (say
+    ``math_correct``, which needs ``answer``, on rows without one); the error names the function and the columns."""
+    for source, fn in sources:
+        check_signature(source.name, fn, [*columns, *source.kwargs])
+
+
 def load_reward_sources(
     sources: Sequence[RewardSource], repo_root: Path | None = None
 ) -> list[tuple[RewardSource, RewardFn]]:
@@ -284,7 +291,7 @@ def _score(
         data = {column: values[lo:hi] for column, values in columns.items()}
         return fn(**{**data, **options}, prompts=prompts[lo:hi], completions=completions[lo:hi])
 
-    _check_signature(name, fn, [*columns, *options])
+    check_signature(name, fn, [*columns, *options])
     n = len(completions)
     try:
         result = call(0, n)
@@ -294,7 +301,7 @@ def _score(
     return _as_rewards(name, result, n)
 
 
-def _check_signature(name: str, fn: RewardFn, keywords: list[str]) -> None:
+def check_signature(name: str, fn: RewardFn, keywords: list[str]) -> None:
     """Catch a function that cannot take the batch's keywords before calling it.
 
     Without this, a function written without ``**columns`` fails with "unexpected keyword argument 'answer'" on
@@ -308,6 +315,11 @@ def _check_signature(name: str, fn: RewardFn, keywords: list[str]) -> None:
         signature.bind(prompts=[], completions=[], **dict.fromkeys(keywords))
     except TypeError as err:
         passed = ", ".join(["prompts", "completions", *keywords])
+        if "missing a required argument" in str(err):
+            raise RewardFunctionError(
+                f"reward function {name!r} needs an argument the data does not give ({err}); it is called with "
+                f"{passed}. Add that column to the data, set it in the reward's kwargs, or choose another reward"
+            ) from None
         raise RewardFunctionError(
             f"reward function {name!r} cannot be called with the keyword arguments it is given ({passed}): {err}. "
             "A reward function is called as fn(prompts=..., completions=..., **columns, **kwargs); give it a "

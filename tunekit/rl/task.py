@@ -20,7 +20,14 @@ from dataclasses import dataclass
 import torch
 
 from tunekit.errors import ConfigError
-from tunekit.rl.rewards import REWARD_MODEL_PREFIX, RewardFn, RewardSource, compute_rewards, load_reward_function
+from tunekit.rl.rewards import (
+    REWARD_MODEL_PREFIX,
+    RewardFn,
+    RewardSource,
+    check_signature,
+    compute_rewards,
+    load_reward_function,
+)
 from tunekit.rl.rollout import PromptExample, Rollout
 
 AUTO = "auto"
@@ -63,4 +70,6 @@ def load_task_metric(name: str | None, held_out: list[PromptExample]) -> TaskMet
             f"task_metric {name!r} names a reward model; the task metric must be a checker (a reward function such "
             "as math_correct), since a learned score is what a policy can learn to fool"
         )
-    return TaskMetric(name, load_reward_function(name))
+    metric = TaskMetric(name, load_reward_function(name))
+    check_signature(f"task_metric {name}", metric.fn, list(held_out[0].columns))
+    return metric
