@@ -1,6 +1,7 @@
 """GRPO recipe: the loop runs on the tiny model with every option, and mistakes are reported before training."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -63,6 +64,15 @@ def test_loop_runs_with_several_passes_kl_and_clip_higher(tmp_path):
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert {"step", "prompt", "completion", "reward"} <= set(samples[0])
     assert (out / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_full_fine_tuning_under_bf16_autocast_samples_and_trains(tmp_path):
+    # The decoding loop's attention met float32 queries and keys with bf16 values (the prefill's cache) and raised.
+    result = run(
+        grpo_config(tmp_path / "grpo", "model.adapter.method=full", "train.mixed_precision=bf16", "max_steps=2")
+    )
+    assert result.step == 2
+    assert all(math.isfinite(r["loss"]) for r in result.history if "loss" in r)
 
 
 @pytest.mark.parametrize(

@@ -234,8 +234,16 @@ def _next_logits(
         q, k, v = project(layer.input_layernorm(hidden), attention.q_proj, attention.k_proj, attention.v_proj)
         q, k, v = (t.reshape(rows, -1, 1, attention.head_dim) for t in (q, k, v))  # [N, H or H_kv, 1, D]
         keys, values = kv.append(column, _rotate(k, cos, sin), v)
+        query = _rotate(q, cos, sin)
+        # Under bf16 autocast the rotary angles (float32) promote queries and keys to float32 while values stay
+        # bf16, as in the prefill's cache; SDPA needs one dtype. A no-op in fp32.
         attended = F.scaled_dot_product_attention(
-            _rotate(q, cos, sin), keys, values, attn_mask=visible, scale=attention.scaling, enable_gqa=True
+            query,
+            keys.to(query.dtype),
+            values.to(query.dtype),
+            attn_mask=visible,
+            scale=attention.scaling,
+            enable_gqa=True,
         )  # [N, H, 1, D]
         hidden = hidden + project(attended.reshape(rows, -1), attention.o_proj)[0]
         gate, up = project(layer.post_attention_layernorm(hidden), mlp.gate_proj, mlp.up_proj)
