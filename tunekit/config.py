@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from tunekit.errors import ConfigError
+from tunekit.errors import ConfigError, InvalidValue
 
 C = TypeVar("C")
 
@@ -87,7 +87,9 @@ def from_dict(cls: type[C], raw: dict[str, Any], prefix: str = "", base: C | Non
             kwargs[key] = _coerce(value, hint, prefix + key)
     try:
         return dataclasses.replace(base, **kwargs)  # type: ignore[type-var]
-    except ValueError as err:  # a section's own consistency checks (__post_init__)
+    except InvalidValue as err:  # a section's own checks (__post_init__), naming its field
+        raise ConfigError(f"{prefix}{err.key} {err.message}") from None
+    except ValueError as err:  # older-style checks that name no field
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
 
 

@@ -24,6 +24,26 @@ class ConfigError(UserError):
     """A config key is unknown or has a value of the wrong type."""
 
 
+class InvalidValue(ValueError):
+    """A config section's own check failed (raised from its ``__post_init__``).
+
+    ``key`` is the field at fault relative to the section (``"lr"`` in ``train``); the config loader prefixes the
+    section's path, so the user reads ``train.lr must be positive, got -1.0``. A ValueError rather than a
+    UserError, so that code building a section by hand (tests, library users) gets an ordinary ValueError.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key} {message}")
+        self.key = key
+        self.message = message
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise :class:`InvalidValue` for ``key`` unless ``condition`` holds: the one style of a section's checks."""
+    if not condition:
+        raise InvalidValue(key, message)
+
+
 class DataError(UserError):
     """A data file, row or column is malformed or missing."""
 
