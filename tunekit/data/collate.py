@@ -11,7 +11,7 @@ A batch is a dict of tensors:
 
 A padding-free batch (:func:`collate_padding_free`) has no padding at all: one row [1, N] of every example end
 to end, ``position_ids`` restarting per example and ``seq_lens`` [n], for models switched to
-:mod:`tunekit.models.varlen` attention, which keeps each example to itself.
+:mod:`tunekit.models.varlen` attention, which keeps each example to itself (:class:`~tunekit.data.segments.Segments`).
 
 Position ids alone do not isolate packed examples in transformers' attention on the CPU; the explicit 4D mask
 does, and gives the same logits as running each example on its own.
@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
+from tunekit.data.segments import Segments
 from tunekit.data.sft import IGNORE_INDEX, Example
-from tunekit.models import varlen
 
 
 def collate_examples(examples: list[Example], pad_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
@@ -120,7 +120,7 @@ def model_inputs(batch: dict[str, torch.Tensor], model: Any) -> dict[str, torch.
     """
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     if "seq_lens" in batch:  # padding-free: one example per segment (see tunekit.models.varlen)
-        inputs["segments"] = varlen.Segments([(int(n),) for n in batch["seq_lens"].tolist()])
+        inputs["segments"] = Segments([(int(n),) for n in batch["seq_lens"].tolist()])
         return inputs
     mask = inputs["attention_mask"]
     if mask.dim() == 4:
@@ -129,6 +129,11 @@ def model_inputs(batch: dict[str, torch.Tensor], model: Any) -> dict[str, torch.
             dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
             inputs["attention_mask"] = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
     return inputs
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch with its tensors moved to ``device``; other values (lists, ids, strings) as they are."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -19,10 +19,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from tunekit.data.collate import to_device
 from tunekit.data.pairs import PairExample
 from tunekit.models.logprobs import sequence_logps
 from tunekit.models.reference import ReferencePolicy
-from tunekit.train.evaluate import to_device
 
 REFERENCE_FILE = "reference_logps.safetensors"
 

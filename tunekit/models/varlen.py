@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tunekit.data.segments import Segments  # noqa: F401  (varlen.Segments: the type its attention reads)
 from tunekit.models import flash_varlen
 
 IMPLEMENTATION = "tunekit_varlen"
@@ -32,23 +33,6 @@ IMPLEMENTATION = "tunekit_varlen"
 # masks assumed here; others keep their attention.
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _registered = False
-
-
-class Segments:
-    """The segments of a padding-free row (tuples of ints, as above), in a container torch.compile does not look
-    into: a plain list would be guarded on its length, and every batch with a new number of examples would
-    recompile the compiled blocks (train.compile) that pass it on to the attention."""
-
-    __slots__ = ("items",)
-
-    def __init__(self, items: list[tuple[int, ...]]):
-        self.items = items
-
-    def __iter__(self) -> Any:
-        return iter(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
 
 
 def _register() -> None:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tunekit.data.collate import to_device
 from tunekit.train.engines import global_sum
 from tunekit.train.precision import compute
 
@@ -52,8 +53,3 @@ def run_evaluation(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn, accel
             results.update({f"eval/{k}": v for k, v in spec.evaluate(accelerator.unwrap_model(model)).items()})
     model.train()
     return results
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The batch with its tensors moved to ``device``; other values (lists, ids, strings) as they are."""
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

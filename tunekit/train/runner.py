@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 
 from tunekit.config import save_config
+from tunekit.data.collate import to_device
 from tunekit.errors import ConfigError, UserError
 from tunekit.models.compiled import check_compile_supported, compile_layers
 from tunekit.train.charts import write_run_charts
@@ -42,7 +43,7 @@ from tunekit.train.engines import (
     make_accelerator,
     micro_batch,
 )
-from tunekit.train.evaluate import run_evaluation, to_device
+from tunekit.train.evaluate import run_evaluation
 from tunekit.train.experience import experience_to_save, restore_experience
 from tunekit.train.log import MetricsLog, Progress
 from tunekit.train.optim import build_optimizer, build_scheduler
