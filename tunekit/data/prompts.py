@@ -11,7 +11,14 @@ from tunekit.data import synthetic
 from tunekit.data.formats import chat_messages, render_chat
 from tunekit.data.sources import Rows, SourceConfig, train_eval_rows
 from tunekit.errors import DataError
-from tunekit.rl.rollout import PromptExample
+
+
+@dataclass
+class PromptExample:
+    prompt: str
+    prompt_ids: list[int]
+    columns: dict[str, Any]  # the row's other columns (e.g. the reference answer), passed to reward functions
+    index: int  # the row's line or row number in its source, as error messages give it
 
 
 @dataclass

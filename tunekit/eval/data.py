@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data import synthetic
-from tunekit.data.prompts import encode_prompt
+from tunekit.data.prompts import PromptExample, encode_prompt
 from tunekit.data.sft import DataConfig
 from tunekit.data.sources import Rows, read_rows
 from tunekit.errors import ConfigError, DataError
-from tunekit.rl.rollout import PromptExample
 
 # Synthetic evaluation rows are drawn with this offset on the seed: the same rows the SFT recipe holds out for
 # the same seed, so an SFT run's held-out loss and this evaluation's perplexity are measured on one set.

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.config import to_dict
+from tunekit.data.prompts import PromptExample
 from tunekit.eval.sampling import Generations
 from tunekit.eval.tasks import TaskResult
-from tunekit.rl.rollout import PromptExample
 
 
 def sample_lines(

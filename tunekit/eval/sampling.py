@@ -14,9 +14,10 @@ from typing import Any, Literal
 
 import torch
 
+from tunekit.data.prompts import PromptExample
 from tunekit.errors import ConfigError
 from tunekit.rl.rewards import RewardFn, RewardSource, compute_rewards
-from tunekit.rl.rollout import PromptExample, SamplingConfig, check_sampling, generate_rollout
+from tunekit.rl.rollout import SamplingConfig, check_sampling, generate_rollout
 
 Mode = Literal["greedy", "sample", "best_of_n"]
 

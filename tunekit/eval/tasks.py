@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from tunekit.data.prompts import PromptExample
 from tunekit.eval.sampling import Generations
 from tunekit.rl.rewards import RewardFn, RewardSource, compute_rewards
-from tunekit.rl.rollout import PromptExample
 
 TASKS = ("exact_match", "perplexity", "win_rate")
 GENERATION_TASKS = ("exact_match", "win_rate")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from tunekit.data.prompts import PromptExample
 from tunekit.errors import ConfigError
 from tunekit.losses.sft import IGNORE_INDEX
 from tunekit.models.compiled import is_compiled
@@ -37,14 +38,6 @@ class SamplingConfig:
     top_p: float = 1.0
     # Generation of a row also stops at any of these strings (besides EOS).
     stop_strings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PromptExample:
-    prompt: str
-    prompt_ids: list[int]
-    columns: dict[str, Any]  # the row's other columns (e.g. the reference answer), passed to reward functions
-    index: int  # the row's line or row number in its source, as error messages give it
 
 
 def check_sampling(config: Any, section: str) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tunekit.data.prompts import PromptExample
 from tunekit.errors import ConfigError
 from tunekit.rl.rewards import (
     REWARD_MODEL_PREFIX,
@@ -28,7 +29,7 @@ from tunekit.rl.rewards import (
     compute_rewards,
     load_reward_function,
 )
-from tunekit.rl.rollout import PromptExample, Rollout
+from tunekit.rl.rollout import Rollout
 
 AUTO = "auto"
 EXACT_MATCH = "math_correct"  # the checker ``auto`` picks for rows with an ``answer`` column
