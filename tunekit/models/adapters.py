@@ -262,11 +262,6 @@ def check_adapter_use(
         )
 
 
-def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Name -> tensor of every parameter that receives gradients."""
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
 def count_parameters(model: torch.nn.Module) -> dict[str, Any]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
