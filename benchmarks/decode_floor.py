@@ -9,7 +9,7 @@ weights allocated separately as in the model, and compares the rate they read me
 streaming reduction reaches on the same cores. Four matmul paths are timed side by side in each round: torch's
 default (``F.linear``, MKL here), MKL's packed GEMM, oneDNN's inner product on oneDNN tensors, and oneDNN's
 linear on plain tensors with weights reordered once for the row count, which tunekit's rollouts use on the CPU
-(``tunekit.rl.packed.packed_linears``).
+(``tunekit.fast.packed_decode.packed_linears``).
 """
 
 from __future__ import annotations

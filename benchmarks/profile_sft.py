@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     import side_tunekit
 
     if args.per_example_attention:
-        from tunekit.models import flash_varlen
+        from tunekit.fast import flash_varlen
 
         flash_varlen.usable = lambda query: False
 

@@ -5,7 +5,7 @@
 Both ways sample the same rollout: 2 GSM8K questions, 4 completions each, 64 new tokens, temperature 1, the
 benchmark model with a LoRA adapter (r=16, alpha 32, on every linear layer) whose update is moved off zero as
 training would. Each round times one rollout of each, alternating which goes first, and the script prints the
-seconds of each and their ratio. ``generate`` is what tunekit used before ``tunekit.rl.decode`` and what it still
+seconds of each and their ratio. ``generate`` is what tunekit used before ``tunekit.fast.decode`` and what it still
 uses for models the loop does not cover. ``--compile`` adds a third way, the loop with its per-token step compiled
 (what ``train.compile`` gives a GRPO run); its compilation happens in the warm-up round.
 """
@@ -27,8 +27,8 @@ from tunekit.data.prompts import PromptDataConfig, load_prompts  # noqa: E402
 from tunekit.models.adapters import AdapterConfig, apply_adapter  # noqa: E402
 from tunekit.models.load import ModelConfig, load_model, load_tokenizer  # noqa: E402
 from tunekit.rl import rollout  # noqa: E402
-from tunekit.rl.decode import Sampler, decode, lean_decoder  # noqa: E402
-from tunekit.rl.packed import packed_linears  # noqa: E402
+from tunekit.fast.decode import Sampler, decode, lean_decoder  # noqa: E402
+from tunekit.fast.packed_decode import packed_linears  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

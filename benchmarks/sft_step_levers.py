@@ -2,8 +2,8 @@
 
     python benchmarks/sft_step_levers.py [--compile] [--batches 6] [--rounds 4]
 
-The levers: LoRA on the merged weight (``tunekit.models.lora_linear.merges``) and the last layer at label rows
-only (``tunekit.models.last_layer``). Four variants (neither, each alone, both) train the benchmark model on the
+The levers: LoRA on the merged weight (``tunekit.fast.lean_lora.merges``) and the last layer at label rows
+only (``tunekit.fast.last_layer``). Four variants (neither, each alone, both) train the benchmark model on the
 same fixed batches of the SFT workload (8 GSM8K examples each, padding-free), taking turns batch by batch and
 reversing their order every other batch. The script prints each variant's real tokens/s and its speed over
 "neither": the ratio of the summed step times, and the median of the per-batch ratios. With ``--compile`` the
@@ -28,8 +28,8 @@ import torch  # noqa: E402
 from workload import model_path, workload  # noqa: E402
 
 from tunekit.config import from_dict  # noqa: E402
-from tunekit.models import last_layer, lora_linear  # noqa: E402
-from tunekit.models.compiled import compile_layers  # noqa: E402
+from tunekit.fast import last_layer, lean_lora  # noqa: E402
+from tunekit.fast.compiled import compile_layers  # noqa: E402
 
 VARIANTS = {"neither": (False, False), "merged LoRA": (True, False), "last layer": (False, True), "both": (True, True)}
 
@@ -38,12 +38,12 @@ class Done(Exception):
     """Ends the recipe's run once the timings are printed."""
 
 
-MERGES = lora_linear.merges
+MERGES = lean_lora.merges
 
 
 def switch(model: torch.nn.Module, merged: bool, trimmed: bool) -> None:
     """Turn the two levers on or off."""
-    lora_linear.merges = MERGES if merged else (lambda *args: False)
+    lean_lora.merges = MERGES if merged else (lambda *args: False)
     setattr(model.get_base_model().model.layers[-1], last_layer._MARK, trimmed)
 
 

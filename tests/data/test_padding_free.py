@@ -9,7 +9,7 @@ from tunekit.data.packing import pack_examples
 from tunekit.data.sft import IGNORE_INDEX, DataConfig, tokenize_rows
 from tunekit.data.sources import Rows
 from tunekit.losses.sft import label_cross_entropy, token_cross_entropy
-from tunekit.models import varlen
+from tunekit.fast import varlen
 from tunekit.models.logprobs import label_logits
 
 

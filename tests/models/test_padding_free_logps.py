@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from tunekit.data.collate import collate_pairs
 from tunekit.data.pairs import PairExample
-from tunekit.models import logprobs, varlen
+from tunekit.fast import varlen
+from tunekit.models import logprobs
 from tunekit.models.tiny import tiny_model_path
 
 

@@ -97,7 +97,7 @@ def apply_adapter(
 
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    from tunekit.models.lora_linear import use_lean_forward
+    from tunekit.fast.lean_lora import use_lean_forward
 
     peft_config = build_peft_config(model, config, head)
     if quantized:

@@ -1,6 +1,6 @@
 """Log-probabilities of given tokens under a causal LM, for preference and RL losses.
 
-Where the model allows it (see :mod:`tunekit.models.varlen`), a padded batch is run padding-free: its real tokens
+Where the model allows it (see :mod:`tunekit.fast.varlen`), a padded batch is run padding-free: its real tokens
 end to end in one row, and the output head only at the positions whose next token is a label. Results are the
 same [B, T-1] tensors either way; padding and prompt positions just cost nothing.
 """
@@ -15,7 +15,7 @@ import torch
 
 from tunekit.losses.reduce import label_log_softmax, selective_log_softmax
 from tunekit.losses.sft import IGNORE_INDEX
-from tunekit.models import last_layer, varlen
+from tunekit.fast import last_layer, varlen
 
 
 def causal_lm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -51,7 +51,7 @@ def logits_at(
 
     The output head runs on those K positions alone (transformers' ``logits_to_keep``), so neither padding nor
     prompt positions ever get a [V]-wide row of logits; on the CPU, so do the last layer's query, attention output
-    and MLP (:mod:`tunekit.models.last_layer`).
+    and MLP (:mod:`tunekit.fast.last_layer`).
     """
     # No KV cache: a training forward never reuses one.
     inputs = {
@@ -62,7 +62,7 @@ def logits_at(
     }
     if _takes_logits_to_keep(model):
         # On the CPU the last layer runs at the needed rows only. A GPU keeps the whole layer and with it the
-        # one-call flash attention of tunekit.models.flash_varlen: the trimmed layer's per-example attention is
+        # one-call flash attention of tunekit.fast.flash_varlen: the trimmed layer's per-example attention is
         # not measured there. Each needed row is computed once (a shared prompt's last token may predict several
         # labels), and the output head picks them up in the order asked for.
         if last_layer.installed(model) and positions.numel() and positions.device.type == "cpu":
@@ -86,7 +86,7 @@ class PaddingFreeView:
 
     input_ids: torch.Tensor  # [1, N]
     position_ids: torch.Tensor  # [1, N]
-    segments: list[tuple[int, ...]]  # see tunekit.models.varlen
+    segments: list[tuple[int, ...]]  # see tunekit.fast.varlen
     positions: torch.Tensor  # [K] flat index of the token that predicts each label
     targets: torch.Tensor  # [K] the label
     at: tuple[torch.Tensor, torch.Tensor]  # ([K], [K]) where each label's log-prob goes in a [B, T - 1] result

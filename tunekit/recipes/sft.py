@@ -19,7 +19,7 @@ from tunekit.data.collate import collate_examples, collate_packed, collate_paddi
 from tunekit.data.packing import pack_examples
 from tunekit.data.sft import DataConfig, load_sft_data
 from tunekit.losses.sft import label_cross_entropy, token_cross_entropy
-from tunekit.models import varlen
+from tunekit.fast import varlen
 from tunekit.models.adapters import apply_adapter, check_adapter_use, count_parameters
 from tunekit.models.load import load_model, load_tokenizer
 from tunekit.models.logprobs import causal_lm_logits, label_logits

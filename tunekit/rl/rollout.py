@@ -3,7 +3,7 @@
 A :class:`Rollout` holds G completions for each of P prompts, as N = P * G rows; the completions of prompt p
 are rows ``[p * G, (p + 1) * G)``. Prompts are left-padded so that every completion starts at the same column,
 and completions are right-padded after their EOS. LLaMA-style models decode through tunekit's own loop
-(:mod:`tunekit.rl.decode`: each prompt prefilled once for its whole group, a preallocated KV cache); other models
+(:mod:`tunekit.fast.decode`: each prompt prefilled once for its whole group, a preallocated KV cache); other models
 go through ``transformers``' ``generate``. Both stop early once every row has finished.
 """
 
@@ -18,10 +18,10 @@ import torch
 from tunekit.data.prompts import PromptExample
 from tunekit.errors import ConfigError
 from tunekit.losses.sft import IGNORE_INDEX
-from tunekit.models.compiled import is_compiled
+from tunekit.fast.compiled import is_compiled
 from tunekit.models.reference import unwrap
-from tunekit.rl.decode import Sampler, decode, lean_decoder
-from tunekit.rl.packed import packed_linears
+from tunekit.fast.decode import Sampler, decode, lean_decoder
+from tunekit.fast.packed_decode import packed_linears
 
 
 @dataclass

@@ -8,8 +8,8 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from tunekit.models.adapters import AdapterConfig, apply_adapter
 from tunekit.models.load import ModelConfig, load_model
 from tunekit.models.tiny import tiny_model_path
-from tunekit.rl.decode import Sampler, decode, lean_decoder
-from tunekit.rl.packed import packed_linears
+from tunekit.fast.decode import Sampler, decode, lean_decoder
+from tunekit.fast.packed_decode import packed_linears
 
 GROUP, NEW = 3, 10
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 from transformers import DynamicCache
 
-from tunekit.rl.packed import Projection, Projections
+from tunekit.fast.packed_decode import Projection, Projections
 
 # Attention classes that compute exactly q/k/v projections, rotary q and k, grouped-query softmax attention and an
 # output projection (projection biases live inside the linear modules).
@@ -137,7 +137,7 @@ def decode(
     ``finished_by(its tokens so far)`` says so (stop strings); a finished row gets ``pad_token_id`` from then on,
     and decoding ends early when every row has finished.
     ``linears`` computes groups of linear modules in the decode steps (see
-    :func:`tunekit.rl.packed.packed_linears`); modules not in it are called as they are. ``compiled`` runs the
+    :func:`tunekit.fast.packed_decode.packed_linears`); modules not in it are called as they are. ``compiled`` runs the
     decode steps through :func:`compiled_step`.
     """
     table = linears or {}

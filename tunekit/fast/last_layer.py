@@ -11,7 +11,7 @@ and the backward: about 4% of an SFT step's FLOPs.
 the forward is given ``keep_rows`` [U] (sorted, distinct flat indices into the padding-free row), and then returns
 the hidden states of those rows only, [1, U, hidden]. The model's final norm and output head then run on those
 rows, and ``logits_to_keep`` indexes into them. Each kept row attends exactly as in the full layer: to the earlier
-tokens of its own example, and to a shared prompt where the segment has one (:mod:`tunekit.models.varlen`).
+tokens of its own example, and to a shared prompt where the segment has one (:mod:`tunekit.fast.varlen`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunekit.models import varlen
+from tunekit.fast import varlen
 
 KEEP_ROWS = "keep_rows"
 # Decoder layers laid out as norm -> attention (q, k, v, o with rotate-half rotary, no q/k norms) -> residual ->
@@ -118,7 +118,7 @@ def _kept_rows_forward(
     return residual + layer.mlp(layer.post_attention_layernorm(residual))
 
 
-# The loop over examples stays out of torch.compile graphs (train.compile), as in tunekit.models.varlen.
+# The loop over examples stays out of torch.compile graphs (train.compile), as in tunekit.fast.varlen.
 @torch.compiler.disable
 def _kept_rows_attention(
     query: torch.Tensor,

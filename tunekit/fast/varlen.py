@@ -13,7 +13,7 @@ transformers lets a model's attention be swapped by name (its ``AttentionInterfa
 model from ``sdpa`` to the attention here, which is ``sdpa`` itself whenever it is not given ``segments``
 (generation, padded batches and every other caller see no difference), and for padding-free batches runs causal
 ``sdpa`` on each example's slice of the row (on a GPU, one variable-length flash attention call for the whole
-batch instead: :mod:`tunekit.models.flash_varlen`). Masks are built as for ``sdpa``, except that a padding-free
+batch instead: :mod:`tunekit.fast.flash_varlen`). Masks are built as for ``sdpa``, except that a padding-free
 batch gets none: the O(N^2) block-diagonal mask transformers would otherwise build is never needed.
 """
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from tunekit.data.segments import Segments  # noqa: F401  (varlen.Segments: the type its attention reads)
-from tunekit.models import flash_varlen
+from tunekit.fast import flash_varlen
 
 IMPLEMENTATION = "tunekit_varlen"
 # Decoder-only text models whose attention takes the query/key/value layout, position ids and (sliding window)
@@ -78,7 +78,7 @@ def enable(model: torch.nn.Module) -> bool:
         return False
     _register()
     base.set_attn_implementation(IMPLEMENTATION)
-    from tunekit.models import last_layer  # it builds on this module
+    from tunekit.fast import last_layer  # it builds on this module
 
     last_layer.install(model)
     return True

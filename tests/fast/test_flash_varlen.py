@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunekit.models import flash_varlen, varlen
+from tunekit.fast import flash_varlen, varlen
 
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 16
 CASES = {
@@ -43,7 +43,7 @@ def reference_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_si
 
 
 def per_example(query, key, value, segments, window):
-    """The per-example path of tunekit.models.varlen: [1, H, N, D] -> [1, N, H, D]."""
+    """The per-example path of tunekit.fast.varlen: [1, H, N, D] -> [1, N, H, D]."""
     lengths = [sum(s) for s in segments]
     pieces = [
         varlen._segment_attention(q, k, v, s, 0.0, None, window)

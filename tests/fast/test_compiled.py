@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM
 
 from tunekit.errors import ConfigError
 from tunekit.losses.reduce import label_log_softmax
-from tunekit.models import varlen
+from tunekit.fast import varlen
 from tunekit.models.adapters import AdapterConfig, apply_adapter
-from tunekit.models.compiled import compile_layers
+from tunekit.fast.compiled import compile_layers
 from tunekit.models.logprobs import logits_at
 
 

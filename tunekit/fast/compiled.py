@@ -10,8 +10,8 @@ do not change, so checkpoints and exports are those of an eager run. The compile
 build a graph for a backward; evaluation, reference log-probs and ``generate`` run eager, so that generation's KV
 cache objects never reach the compiler and no-grad passes add no graphs of their own. Rollouts through tunekit's
 own decoding loop have a compiled per-token step of their own, used when :func:`is_compiled` says the run compiled
-its blocks (:func:`tunekit.rl.decode.compiled_step`). Attention over padding-free
-batches stays outside the graph (:mod:`tunekit.models.varlen` loops over the batch's examples in Python), and
+its blocks (:func:`tunekit.fast.decode.compiled_step`). Attention over padding-free
+batches stays outside the graph (:mod:`tunekit.fast.varlen` loops over the batch's examples in Python), and
 shapes are compiled as dynamic, so a new batch length does not recompile.
 
 The first steps pay for compilation (tens of seconds on a CPU); every step after gains the fused elementwise work.

@@ -7,11 +7,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tunekit.models import last_layer, varlen
+from tunekit.fast import last_layer, varlen
 from tunekit.models.logprobs import logits_at
 from tunekit.models.tiny import tiny_model_path
 
-# Plain examples and shared prompts with two and three continuations (tunekit.models.varlen's segments).
+# Plain examples and shared prompts with two and three continuations (tunekit.fast.varlen's segments).
 SEGMENTS = [(30,), (12, 9, 7), (25,), (6, 4, 5, 3)]
 # Unsorted, and the last token of a shared prompt (rows 41 and 88) predicts the first token of each continuation.
 POSITIONS = [5, 6, 7, 29, 41, 42, 43, 44, 41, 50, 51, 60, 61, 82, 88, 94, 88, 99, 100, 88]

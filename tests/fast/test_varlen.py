@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tunekit.models import varlen
+from tunekit.fast import varlen
 from tunekit.models.tiny import tiny_model_path
 
 

@@ -1,4 +1,4 @@
-"""Packed fp32 weights for the CPU decode steps of :mod:`tunekit.rl.decode` (:func:`packed_linears`), and the op
+"""Packed fp32 weights for the CPU decode steps of :mod:`tunekit.fast.decode` (:func:`packed_linears`), and the op
 that keeps their oneDNN matmul inside a compiled step."""
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor | None, tor
     """(weight, bias) that ``module`` multiplies by, for a plain linear layer or plain LoRA; (None, None) otherwise."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
-    from tunekit.models.lora_linear import merged_weight, plain_lora_adapter
+    from tunekit.fast.lean_lora import merged_weight, plain_lora_adapter
 
     if type(module) is torch.nn.Linear:
         return module.weight.detach(), _detached(module.bias)

@@ -1,12 +1,12 @@
 """Padding-free attention on a GPU: one variable-length flash attention call for every example of a batch.
 
-:mod:`tunekit.models.varlen` keeps the examples of a padding-free batch apart by running attention on each
+:mod:`tunekit.fast.varlen` keeps the examples of a padding-free batch apart by running attention on each
 example's slice. On a CPU that costs nothing extra; on a GPU each slice is a handful of kernel launches per layer,
 and a packed batch of a few hundred short examples spends its time launching them. torch's
 ``torch.nn.attention.varlen.varlen_attn`` (flash attention with cumulative sequence offsets) does the whole batch
 in one launch, still at the cost of each example alone.
 
-A segment ``(L0, L1, ..., Lk)`` (a shared prompt and k continuations; see :mod:`tunekit.models.varlen`) becomes
+A segment ``(L0, L1, ..., Lk)`` (a shared prompt and k continuations; see :mod:`tunekit.fast.varlen`) becomes
 k + 1 query sequences: the prompt over its own keys, and each continuation over the prompt's keys followed by its
 own. Flash attention aligns a causal mask to the last key when there are more keys than queries, so continuation
 token t sees the whole prompt and its own tokens up to t, and nothing of the other continuations. The continuations'
