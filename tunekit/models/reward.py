@@ -72,6 +72,8 @@ class RewardScorer:
         return self.score_ids([self._encode([p, c + eos]) for p, c in zip(prompts, completions, strict=True)])
 
     def score_conversations(self, conversations: list[list[dict[str, str]]]) -> list[float]:
+        """One score per conversation (a list of ``{"role", "content"}`` messages), rendered with the chat template
+        and read at its last token; the template writes any BOS, as it did for reward training's chat pairs."""
         texts = [render_chat(messages, self.tokenizer, add_generation_prompt=False) for messages in conversations]
         return self.score_texts(texts, add_bos=False)
 
