@@ -16,7 +16,7 @@ from tunekit.errors import exit_on_user_error
 from tunekit.models.load import ModelConfig
 from tunekit.train.engines import leave_process_group
 from tunekit.train.rundir import prepare_output_dir
-from tunekit.train.runner import RunSpec, TrainConfig
+from tunekit.train.spec import RunSpec, TrainConfig
 
 C = TypeVar("C")
 R = TypeVar("R")

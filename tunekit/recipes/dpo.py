@@ -30,7 +30,8 @@ from tunekit.models.policy import build_policy
 from tunekit.models.reference import ReferencePolicy
 from tunekit.models.reference_logps import precompute_reference
 from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
-from tunekit.train.runner import RunResult, TrainConfig, train
+from tunekit.train.runner import RunResult, train
+from tunekit.train.spec import TrainConfig
 
 
 def _dpo_train() -> TrainConfig:

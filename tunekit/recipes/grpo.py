@@ -37,7 +37,8 @@ from tunekit.rl.rollout import SamplingConfig, check_sampling
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import load_task_metric
 from tunekit.train.checkpoint import checkpoint_state
-from tunekit.train.runner import RunResult, TrainConfig, train
+from tunekit.train.runner import RunResult, train
+from tunekit.train.spec import TrainConfig
 
 
 # The default is sized to show what GRPO does to the held-out task within a couple of minutes on two CPU cores: 16

@@ -38,7 +38,8 @@ from tunekit.rl.rollout import SamplingConfig, check_sampling
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import load_task_metric
 from tunekit.train.checkpoint import checkpoint_state
-from tunekit.train.runner import RunResult, TrainConfig, train
+from tunekit.train.runner import RunResult, train
+from tunekit.train.spec import TrainConfig
 
 WARM_START = "runs/sft-warmstart/final"
 DEFAULT_REWARD_MODEL = "runs/reward-warmstart/final"

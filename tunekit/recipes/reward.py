@@ -23,7 +23,8 @@ from tunekit.models.adapters import apply_adapter, check_adapter_use, count_para
 from tunekit.models.load import load_model, load_tokenizer
 from tunekit.models.reward import last_token_scores
 from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
-from tunekit.train.runner import RunResult, TrainConfig, train
+from tunekit.train.runner import RunResult, train
+from tunekit.train.spec import TrainConfig
 
 
 @dataclass

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from tunekit.data.collate import to_device
 from tunekit.train.engines import global_sum
 from tunekit.train.precision import compute
-
-if TYPE_CHECKING:
-    from tunekit.train.runner import RunSpec, StepFn
+from tunekit.train.spec import RunSpec, StepFn
 
 
 def run_evaluation(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn, accelerator: Any) -> dict[str, float]:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from tunekit.errors import ConfigError
-
-if TYPE_CHECKING:
-    from tunekit.train.runner import TrainConfig
+from tunekit.train.spec import TrainConfig
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -20,18 +20,17 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from tunekit.config import save_config
 from tunekit.data.collate import to_device
 from tunekit.errors import ConfigError, UserError
-from tunekit.models.compiled import check_compile_supported, compile_layers
 from tunekit.train.charts import write_run_charts
 from tunekit.train.checkpoint import load_checkpoint, save_checkpoint
 from tunekit.train.engines import (
@@ -50,96 +49,8 @@ from tunekit.train.optim import build_optimizer, build_scheduler
 from tunekit.train.precision import compute
 from tunekit.train.rundir import check_room_for_checkpoints
 from tunekit.train.signals import PREEMPTED_EXIT_CODE, StopSignal
+from tunekit.train.spec import RunSpec, StepFn
 from tunekit.train.spikes import SpikeDetector
-
-StepFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
-
-
-@dataclass
-class TrainConfig:
-    # Passes over the training items (examples, pairs or prompts), reshuffled each epoch; items that do not fill a whole
-    # optimizer step at the end of an epoch sit that epoch out. max_steps can stop earlier.
-    epochs: int = 2
-    # Items per forward/backward pass on each process: examples or packed rows (sft, pretrain), pairs (reward, dpo) or
-    # prompts (grpo, ppo; each sampled sampling.num_generations times). Held-out evaluation batches are this size too.
-    micro_batch_size: int = 8
-    # Micro-batches accumulated into one optimizer step: a step sees micro_batch_size x processes x grad_accum_steps
-    # items, and its loss is the mean over all of them.
-    grad_accum_steps: int = 1
-    # Peak learning rate, reached at the end of warmup; the scheduler shapes it from there.
-    lr: float = 1e-3
-    # Weight decay on every trainable parameter (0: none); decoupled for the AdamW variants, L2 for sgd.
-    weight_decay: float = 0.0
-    # sgd (plain, no momentum) updates linearly in the gradient, which makes it the optimizer for exact
-    # invariance checks: AdamW's first steps divide by |g| and turn rounding in near-zero gradients into
-    # differences of order lr.
-    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"] = "adamw"
-    # Learning rate after warmup: cosine or linear decay to 0 at the run's last step (max_steps when it caps the run),
-    # or constant.
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    # Fraction of the run's optimizer steps over which the learning rate rises linearly from 0 to lr (0: no warmup).
-    warmup_ratio: float = 0.03
-    # Clip the gradient's global L2 norm to this before each optimizer step (0 or less: no clipping); grad_norm is
-    # logged either way, before clipping.
-    max_grad_norm: float = 1.0
-    # Autocast compute precision; the stored weights keep model.dtype.
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    # torch.compile each transformer block for the training forward and backward, and the rollouts' decode step
-    # (see tunekit/models/compiled.py): faster steps once the first few have paid for compilation (tens of
-    # seconds). Not with FSDP or ZeRO-3.
-    compile: bool = False
-    # Write a metrics.jsonl line every this many optimizer steps; evaluation steps, the last step, loss spikes and
-    # non-finite steps are logged whatever it says.
-    log_every: int = 1
-    # Evaluate on the held-out data (and the recipe's own evaluation, e.g. reward of samples) every this many optimizer
-    # steps, with a step-0 baseline first; 0: only after the last step.
-    eval_every: int = 0
-    # Write a resumable checkpoint every this many optimizer steps; 0: only at the end (SIGTERM or SIGINT also saves one
-    # before the run exits).
-    save_every: int = 0
-    # Complete checkpoints kept on disk (0: all).
-    keep_checkpoints: int = 2
-    # Stop after this many optimizer steps in a row with a non-finite loss or gradient (each is skipped).
-    max_bad_steps: int = 5
-    # A step whose loss exceeds this many times the median of recent steps is logged with its example ids
-    # (0: off). Spikes usually point at bad rows.
-    spike_factor: float = 5.0
-    # Show a progress bar on the terminal (main process only); false keeps log files free of it.
-    progress: bool = True
-    # Pad batch widths to a multiple of this (8 suits tensor cores).
-    pad_to_multiple_of: int = 1
-
-
-@dataclass
-class RunSpec:
-    """Everything the runner needs that is not the model: where to write, and what to train on."""
-
-    output_dir: Path
-    config: Any  # the recipe's full config, written to config.yaml
-    train: TrainConfig
-    seed: int
-    max_steps: int | None
-    # The checkpoint to continue from, as found by prepare_output_dir (None: a fresh run).
-    resume_from: Path | None
-    items: Sequence[Any]
-    collate: Callable[[list[Any]], dict[str, Any]]
-    eval_items: Sequence[Any] = ()
-    # Extra evaluation (generation, accuracy...) returning {"name": value}; logged as "eval/name".
-    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
-    save_final: Callable[[torch.nn.Module, Path], None] | None = None
-    # Turns the sampled micro-batches of a step into the batches trained on (e.g. prompts -> scored rollouts),
-    # before the step's item count is taken: prepare(model, micro_batches, step) -> micro_batches.
-    prepare: Callable[[torch.nn.Module, list[dict[str, Any]], int], list[dict[str, Any]]] | None = None
-    # Optimizer steps taken on each prepared batch (several PPO/GRPO passes over one set of rollouts).
-    passes_per_batch: int = 1
-    # The micro-batches trained at pass k of a prepared set: select(prepared, k) -> micro_batches (default: all of
-    # them every pass). PPO returns one shuffled minibatch per pass; an empty list skips the pass (no update, the
-    # schedule moves on), e.g. for PPO's early stop on approximate KL.
-    select: Callable[[list[dict[str, Any]], int], list[dict[str, Any]]] | None = None
-    extra_state: dict[str, Any] = field(default_factory=dict)
-    # Work done once, with the model on its device and under the run's precision, before the first step (and
-    # before the step-0 evaluation): on_start(model). DPO precomputes its reference log-probs here.
-    on_start: Callable[[torch.nn.Module], None] | None = None
 
 
 @dataclass
@@ -184,8 +95,6 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
     start_step = 0
     sharded = is_sharded(accelerator)
-    if cfg.compile:
-        check_compile_supported(sharded)
     if resume_from is not None:
         # Under FSDP/ZeRO the optimizer's moments are sharded per process; a checkpoint holds gathered weights,
         # and the moments start afresh (see docs/multi-gpu.md).
@@ -197,8 +106,6 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             )
     configure_deepspeed(accelerator, cfg.micro_batch_size, cfg.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
-    if cfg.compile:
-        accelerator.print(f"train.compile: {compile_layers(model)} transformer blocks compiled for training forwards")
     # FSDP2 replaces parameters with sharded ones while wrapping, so they are looked up again by name.
     trainable = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if n in trainable_names}
 
