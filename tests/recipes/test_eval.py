@@ -165,7 +165,7 @@ def test_the_gsm8k_config_runs_on_a_few_questions(tmp_path, shared_data):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["tasks=[exact_match, perplexty]"], "tasks: unknown task 'perplexty'; did you mean 'perplexity'?"),
+        (["tasks=[exact_match, perplexty]"], "tasks names an unknown task 'perplexty'; did you mean 'perplexity'?"),
         (["data.path=/no/such/file.jsonl"], "data path '/no/such/file.jsonl' does not exist"),
         (["data.prompt_column=question"], "synthetic row 1: missing column 'question' (data.prompt_column"),
         (["data.answer_column=answer"], "missing column 'answer' (data.answer_column"),

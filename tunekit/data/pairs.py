@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data.formats import assistant_text, chat_messages, render_chat
-from tunekit.data.sources import Rows, SourceConfig, train_eval_rows
+from tunekit.data.sources import Rows, SourceConfig, require_prompt_template, train_eval_rows
 from tunekit.data.synthetic import Generator
-from tunekit.errors import ConfigError, DataError
+from tunekit.errors import DataError, require
 
 
 @dataclass
@@ -43,6 +43,16 @@ class PairDataConfig(SourceConfig):
     max_prompt_length: int | None = None
     # Pairs whose chosen and rejected responses are identical carry no preference: drop (and count) or error.
     identical_pairs: Literal["drop", "error"] = "drop"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.max_length >= 1, "max_length", f"must be at least 1, got {self.max_length}")
+        require(
+            self.max_prompt_length is None or self.max_prompt_length >= 1,
+            "max_prompt_length",
+            f"must be at least 1 (or null for no limit), got {self.max_prompt_length}",
+        )
+        require_prompt_template(self.prompt_template)
 
 
 @dataclass
@@ -145,8 +155,6 @@ def tokenize_pairs(rows: Rows, config: PairDataConfig, tokenizer: Any) -> tuple[
     """Tokenize every pair; errors name the row; identical pairs are dropped or refused per config."""
     if len(rows) == 0:
         raise DataError(f"{rows.source} holds no rows")
-    if "{prompt}" not in config.prompt_template:
-        raise ConfigError(f"data.prompt_template {config.prompt_template!r} must contain {{prompt}}")
     stats = PairStats(rows=len(rows))
     pairs = []
     bos = tokenizer.bos_token_id

@@ -9,8 +9,8 @@ import torch
 
 from tunekit.data import synthetic
 from tunekit.data.formats import chat_messages, render_chat
-from tunekit.data.sources import Rows, SourceConfig, train_eval_rows
-from tunekit.errors import DataError
+from tunekit.data.sources import Rows, SourceConfig, require_prompt_template, train_eval_rows
+from tunekit.errors import DataError, require
 
 
 @dataclass
@@ -34,6 +34,16 @@ class PromptDataConfig(SourceConfig):
     max_prompt_length: int = 256
     # Held-out prompts scored at each evaluation (null: all).
     max_eval_examples: int | None = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.max_prompt_length >= 1, "max_prompt_length", f"must be at least 1, got {self.max_prompt_length}")
+        require(
+            self.max_eval_examples is None or self.max_eval_examples >= 0,
+            "max_eval_examples",
+            f"must be 0 or more (or null for all), got {self.max_eval_examples}",
+        )
+        require_prompt_template(self.prompt_template)
 
 
 def load_prompts(

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data.formats import Format, detect_format, row_segments
-from tunekit.data.sources import Rows, SourceConfig, train_eval_rows
+from tunekit.data.sources import Rows, SourceConfig, require_prompt_template, train_eval_rows
 from tunekit.data.synthetic import Generator
-from tunekit.errors import ConfigError, DataError
+from tunekit.errors import DataError, require
 from tunekit.losses.sft import IGNORE_INDEX
 
 
@@ -39,6 +39,11 @@ class DataConfig(SourceConfig):
     # work. Used where the model allows it (sdpa attention; adapters that add virtual tokens do not), else batches
     # are padded.
     padding_free: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.max_length >= 1, "max_length", f"must be at least 1, got {self.max_length}")
+        require_prompt_template(self.prompt_template)
 
 
 @dataclass
@@ -81,8 +86,6 @@ def tokenize_rows(rows: Rows, config: DataConfig, tokenizer: Any) -> tuple[list[
     if len(rows) == 0:
         raise DataError(f"{rows.source} holds no rows")
     columns = columns_of(config)
-    if "{prompt}" not in config.prompt_template:
-        raise ConfigError(f"data.prompt_template {config.prompt_template!r} must contain {{prompt}}")
     fmt: Format = detect_format(rows.rows[0], columns, rows.where(0)) if config.format == "auto" else config.format
     stats = TokenizeStats(rows=len(rows))
     examples = []

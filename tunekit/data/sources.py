@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.data.synthetic import Generator
-from tunekit.errors import DataError
+from tunekit.errors import DataError, require
 
 _TABULAR = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".arrow": "arrow"}
 
@@ -135,6 +135,23 @@ class SourceConfig:
     # Read only the first this many rows of path (null: all); a held-out share is split from these. Generated data and
     # eval_path are not capped.
     max_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        require(bool(self.path.strip()), "path", 'is empty; give a data file, dataset directory, hub id or "synthetic"')
+        require(self.eval_path is None or bool(self.eval_path.strip()), "eval_path", "is empty; give a path or null")
+        require(0 <= self.eval_fraction < 1, "eval_fraction", f"must be in [0, 1), got {self.eval_fraction}")
+        require(self.synthetic_size >= 1, "synthetic_size", f"must be at least 1, got {self.synthetic_size}")
+        require(
+            self.max_examples is None or self.max_examples >= 1,
+            "max_examples",
+            f"must be at least 1 (or null for all), got {self.max_examples}",
+        )
+
+
+def require_prompt_template(template: str) -> None:
+    """A section's ``prompt_template`` must place the prompt somewhere: without ``{prompt}`` every row would
+    train or generate from the same text."""
+    require("{prompt}" in template, "prompt_template", f"{template!r} must contain {{prompt}}")
 
 
 def train_eval_rows(config: SourceConfig, seed: int, synthetic: Generator) -> tuple[Rows, Rows | None]:

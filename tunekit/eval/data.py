@@ -13,8 +13,8 @@ from typing import Any, Literal
 from tunekit.data import synthetic
 from tunekit.data.prompts import PromptExample, encode_prompt
 from tunekit.data.sft import DataConfig
-from tunekit.data.sources import Rows, read_rows
-from tunekit.errors import ConfigError, DataError
+from tunekit.data.sources import Rows, read_rows, require_prompt_template
+from tunekit.errors import DataError, require
 
 # Synthetic evaluation rows are drawn with this offset on the seed: the same rows the SFT recipe holds out for
 # the same seed, so an SFT run's held-out loss and this evaluation's perplexity are measured on one set.
@@ -52,6 +52,18 @@ class EvalDataConfig:
     # Generation: a prompt longer than this many tokens is an error naming its row.
     max_prompt_length: int = 512
 
+    def __post_init__(self) -> None:
+        require(bool(self.path.strip()), "path", 'is empty; give a data file, dataset directory, hub id or "synthetic"')
+        require(self.synthetic_size >= 1, "synthetic_size", f"must be at least 1, got {self.synthetic_size}")
+        require(
+            self.max_examples is None or self.max_examples >= 1,
+            "max_examples",
+            f"must be at least 1 (or null for all), got {self.max_examples}",
+        )
+        require(self.max_length >= 1, "max_length", f"must be at least 1, got {self.max_length}")
+        require(self.max_prompt_length >= 1, "max_prompt_length", f"must be at least 1, got {self.max_prompt_length}")
+        require_prompt_template(self.prompt_template)
+
     @property
     def reference_answer_column(self) -> str:
         return self.answer_column or self.completion_column
@@ -60,16 +72,12 @@ class EvalDataConfig:
 def load_eval_rows(config: EvalDataConfig, seed: int) -> Rows:
     """The rows to evaluate on: all of data.path (up to data.max_examples), or generated ones."""
     if config.path == "synthetic":
-        if config.synthetic_size < 1:
-            raise ConfigError(f"data.synthetic_size must be at least 1, got {config.synthetic_size}")
         rows = Rows(
             "synthetic", synthetic.sft_examples(config.synthetic_size, seed + SYNTHETIC_SEED_OFFSET, "held_out")
         )
     else:
         rows = read_rows(config.path, config.split)
     if config.max_examples is not None:
-        if config.max_examples < 1:
-            raise ConfigError(f"data.max_examples must be at least 1 (or null for all), got {config.max_examples}")
         rows = rows.subset(list(range(min(config.max_examples, len(rows)))))
     if len(rows) == 0:
         raise DataError(f"{rows.source} holds no rows")
@@ -100,6 +108,12 @@ def require_column(rows: Rows, column: str, key: str) -> list[Any]:
     return values
 
 
+def reference_answers(rows: Rows, config: EvalDataConfig) -> list[Any]:
+    """Every row's reference answer for exact match (data.answer_column, else data.completion_column)."""
+    key = "data.answer_column" if config.answer_column else "data.completion_column (or set data.answer_column)"
+    return require_column(rows, config.reference_answer_column, key)
+
+
 def build_prompts(rows: Rows, config: EvalDataConfig, tokenizer: Any) -> list[PromptExample]:
     """One generation prompt per row, tokenized as in training: BOS, then ``prompt_template`` filled with a string
     prompt, or chat messages rendered with the chat template and its generation prompt.
@@ -107,8 +121,6 @@ def build_prompts(rows: Rows, config: EvalDataConfig, tokenizer: Any) -> list[Pr
     Each prompt carries the row's other columns for reward functions, plus ``answer`` (the data.answer_column
     value) when the row has no column of that name, so ``math_correct`` can pick the best of n on any data.
     """
-    if "{prompt}" not in config.prompt_template:
-        raise ConfigError(f"data.prompt_template {config.prompt_template!r} must contain {{prompt}}")
     require_column(rows, config.prompt_column, "data.prompt_column")
     # Every prompt carries the same column names (None where a row lacks one): rollouts batch them by name.
     names = sorted({k for row in rows.rows for k in row if k != config.prompt_column} | {"answer"})

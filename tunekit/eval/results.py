@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,29 @@ from tunekit.config import to_dict
 from tunekit.data.prompts import PromptExample
 from tunekit.eval.sampling import Generations
 from tunekit.eval.tasks import TaskResult
+
+
+@dataclass
+class EvalResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+    record: dict[str, Any]  # what results.json holds
+    samples: list[dict[str, Any]]  # what samples.jsonl holds
+
+
+def write_results(
+    output_dir: Path,
+    config: Any,
+    results: dict[str, TaskResult],
+    prompts: list[PromptExample],
+    generations: Generations | None,
+    seconds: float,
+) -> EvalResult:
+    """Write the run directory of finished ``results`` (by task, in the order they were asked for)."""
+    record = results_record(config, results, seconds)
+    samples = sample_lines(prompts, generations, results)
+    write_run(output_dir, config, record, samples)
+    return EvalResult(output_dir, record["metrics"], record, samples)
 
 
 def sample_lines(

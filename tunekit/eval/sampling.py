@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from tunekit.data.prompts import PromptExample
-from tunekit.errors import ConfigError
+from tunekit.errors import require
 from tunekit.rl.rewards import RewardFn, RewardSource, compute_rewards
 from tunekit.rl.rollout import SamplingConfig, check_sampling, generate_rollout
 
@@ -43,19 +43,9 @@ class GenerationConfig:
     # Generation of a completion also stops at any of these strings (besides EOS).
     stop_strings: list[str] = field(default_factory=list)
 
-
-def check_generation(config: GenerationConfig) -> None:
-    """Refuse settings that cannot generate, naming the key."""
-    check_sampling(config, "generation")
-    if config.mode == "best_of_n":
-        if config.n < 1:
-            raise ConfigError(f"generation.n must be at least 1 for generation.mode=best_of_n, got {config.n}")
-        if not config.select_by:
-            raise ConfigError(
-                "generation.select_by is empty: generation.mode=best_of_n needs a reward model "
-                "([{name: 'model:runs/reward-tiny/final'}]) or a reward function ([{name: math_correct}]) "
-                "to pick the best of n"
-            )
+    def __post_init__(self) -> None:
+        check_sampling(self)
+        require(self.n >= 1, "n", f"must be at least 1, got {self.n}")
 
 
 def sampling_config(config: GenerationConfig) -> SamplingConfig:

@@ -7,14 +7,16 @@ reward in GRPO: a built-in (``math_correct``, whose answer extraction reads GSM8
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from tunekit.data.prompts import PromptExample
+from tunekit.errors import require
 from tunekit.eval.sampling import Generations
-from tunekit.rl.rewards import RewardFn, RewardSource, compute_rewards
+from tunekit.rl.rewards import RewardFn, RewardSource, compute_rewards, load_reward_function
 
 TASKS = ("exact_match", "perplexity", "win_rate")
 GENERATION_TASKS = ("exact_match", "win_rate")
@@ -27,11 +29,32 @@ class TaskResult:
     samples: list[dict[str, Any]] = field(default_factory=list)  # [P] fields merged into samples.jsonl lines
 
 
+def selected_tasks(tasks: str | list[str]) -> list[str]:
+    """The tasks a config's ``tasks`` names, in order, each once; an :class:`InvalidValue` for an empty list or an
+    unknown name."""
+    names = [tasks] if isinstance(tasks, str) else list(tasks)
+    require(bool(names), "tasks", f"is empty; name one or more of {', '.join(TASKS)}")
+    for name in names:
+        close = difflib.get_close_matches(str(name), TASKS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        require(name in TASKS, "tasks", f"names an unknown task {name!r}{hint} (known tasks: {', '.join(TASKS)})")
+    return list(dict.fromkeys(names))
+
+
+def load_source(name: str) -> tuple[RewardSource, RewardFn]:
+    """A checker, judge or best-of-n scorer by its reward name, loaded (a ConfigError for a name that loads no
+    function)."""
+    return RewardSource(name=name), load_reward_function(name)
+
+
 @dataclass
 class ExactMatchConfig:
     # A reward function returning 1 for a right answer and 0 for a wrong one; it gets the row's reference as
     # `answer`. math_correct compares final numbers ("#### 18", or the last number of the text).
     checker: str = "math_correct"
+
+    def __post_init__(self) -> None:
+        require(bool(self.checker.strip()), "checker", "is empty; name a reward function, e.g. math_correct")
 
 
 @dataclass
@@ -44,6 +67,10 @@ class WinRateConfig:
     opponent: str = "reference"
     # Score differences up to this count as ties (half a win); identical completions always tie.
     tie_margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.tie_margin >= 0, "tie_margin", f"must be 0 or more, got {self.tie_margin}")
+        require(bool(self.opponent.strip()), "opponent", 'is empty; give "reference" or a model')
 
 
 def prompt_columns(prompts: list[PromptExample]) -> dict[str, list[Any]]:

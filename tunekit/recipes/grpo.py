@@ -33,7 +33,7 @@ from tunekit.recipes.common import (
 )
 from tunekit.rl.grpo import GRPOLossConfig, GRPOTrainer
 from tunekit.rl.rewards import RewardSource, check_reward_columns, load_reward_function
-from tunekit.rl.rollout import SamplingConfig, check_sampling
+from tunekit.rl.rollout import SamplingConfig
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import load_task_metric
 from tunekit.train.checkpoint import checkpoint_state
@@ -79,7 +79,6 @@ class GRPOConfig(RLRecipeConfig):
 
 
 def check_config(config: GRPOConfig) -> None:
-    check_sampling(config.sampling, "sampling")
     if config.sampling.num_generations < 2:
         raise ConfigError("sampling.num_generations must be at least 2: GRPO compares completions within a group")
     if config.loss.passes < 1:

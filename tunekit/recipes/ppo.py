@@ -34,7 +34,7 @@ from tunekit.recipes.common import (
 from tunekit.rl.ppo import PPOLossConfig, PPOTrainer
 from tunekit.rl.rewards import RewardSource, check_reward_columns, load_reward_function
 from tunekit.rl.roles import CriticConfig, SharedRoles, policy_base, same_base
-from tunekit.rl.rollout import SamplingConfig, check_sampling
+from tunekit.rl.rollout import SamplingConfig
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import load_task_metric
 from tunekit.train.checkpoint import checkpoint_state
@@ -85,7 +85,6 @@ class PPOConfig(RLRecipeConfig):
 
 def check_config(config: PPOConfig) -> None:
     """Refuse what cannot run, naming the key, before anything is loaded or written."""
-    check_sampling(config.sampling, "sampling")
     if config.sampling.num_generations < 1:
         raise ConfigError(f"sampling.num_generations must be at least 1, got {config.sampling.num_generations}")
     ppo = config.ppo

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tunekit.data.prompts import PromptExample
-from tunekit.errors import ConfigError
+from tunekit.errors import require
 from tunekit.losses.sft import IGNORE_INDEX
 from tunekit.fast.compiled import is_compiled
 from tunekit.models.reference import unwrap
@@ -39,20 +39,20 @@ class SamplingConfig:
     # Generation of a row also stops at any of these strings (besides EOS).
     stop_strings: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        require(self.num_generations >= 1, "num_generations", f"must be at least 1, got {self.num_generations}")
+        check_sampling(self)
 
-def check_sampling(config: Any, section: str) -> None:
-    """Refuse sampling settings that cannot sample as asked, naming ``section``'s key. ``config`` has
-    ``max_new_tokens``, ``temperature``, ``top_k`` and ``top_p`` (a :class:`SamplingConfig`, or evaluation's
-    generation settings). A top_p of 0 or a negative temperature would not fail: it would turn the distribution
-    upside down and sample the least likely tokens."""
-    if config.max_new_tokens < 1:
-        raise ConfigError(f"{section}.max_new_tokens must be at least 1, got {config.max_new_tokens}")
-    if config.temperature < 0:
-        raise ConfigError(f"{section}.temperature must be 0 (greedy) or more, got {config.temperature}")
-    if config.top_k < 0:
-        raise ConfigError(f"{section}.top_k must be 0 (off) or more, got {config.top_k}")
-    if not 0 < config.top_p <= 1:
-        raise ConfigError(f"{section}.top_p must be in (0, 1], got {config.top_p}")
+
+def check_sampling(config: Any) -> None:
+    """The checks of sampling settings, shared by :class:`SamplingConfig` and evaluation's generation settings and
+    run when either is built: an :class:`~tunekit.errors.InvalidValue` for the first key at fault. ``config`` has
+    ``max_new_tokens``, ``temperature``, ``top_k`` and ``top_p``. A top_p of 0 or a negative temperature would not
+    fail: it would turn the distribution upside down and sample the least likely tokens."""
+    require(config.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1, got {config.max_new_tokens}")
+    require(config.temperature >= 0, "temperature", f"must be 0 (greedy) or more, got {config.temperature}")
+    require(config.top_k >= 0, "top_k", f"must be 0 (off) or more, got {config.top_k}")
+    require(0 < config.top_p <= 1, "top_p", f"must be in (0, 1], got {config.top_p}")
 
 
 @dataclass
