@@ -297,10 +297,14 @@ def test_llama_adapter_refuses_an_architecture_peft_does_not_know():
     ("config", "words"),
     [
         (AdapterConfig(method="ia3", target_modules=["q_proj"]), r"feedforward_modules \['down_proj'\]"),
-        (AdapterConfig(method="prompt_tuning", num_virtual_tokens=0), "num_virtual_tokens"),
         (AdapterConfig(method="llama_adapter", adapter_layers=5), "adapter_layers must be between 1 and 4"),
     ],
 )
 def test_bad_method_settings_name_their_key(config, words):
     with pytest.raises(ModelError, match=words):
         apply_adapter(load_model(ModelConfig()), config)
+
+
+def test_no_virtual_tokens_is_refused_when_the_adapter_config_is_built():
+    with pytest.raises(ValueError, match="num_virtual_tokens must be at least 1, got 0"):
+        AdapterConfig(method="prompt_tuning", num_virtual_tokens=0)

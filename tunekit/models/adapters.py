@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-from tunekit.errors import ConfigError, ModelError
+from tunekit.errors import ConfigError, ModelError, require
 
 # Methods that train inputs to attention (virtual tokens, key/value prefixes, adaption prompts) rather than
 # changes to weights: they cannot be merged into the base, and they change what attention sees.
@@ -58,6 +58,18 @@ class AdapterConfig:
     num_virtual_tokens: int = 16
     # llama_adapter: how many layers, counted from the top, get adaption prompts (null: every layer).
     adapter_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.r >= 1, "r", f"must be at least 1, got {self.r}")
+        require(self.alpha > 0, "alpha", f"must be positive, got {self.alpha}")
+        require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        tokens = self.num_virtual_tokens
+        require(tokens >= 1, "num_virtual_tokens", f"must be at least 1, got {tokens}")
+        require(
+            self.adapter_layers is None or self.adapter_layers >= 1,
+            "adapter_layers",
+            f"must be at least 1 (or null for every layer), got {self.adapter_layers}",
+        )
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from tunekit.errors import ModelError
+from tunekit.errors import ModelError, require
 from tunekit.models.adapters import AdapterConfig, check_mergeable
 from tunekit.models.tiny import DEFAULT_CHAT_TEMPLATE, TINY_MODELS, tiny_model_path
 
@@ -42,6 +42,10 @@ class ModelConfig:
     # adapter directory as path, it applies to the base the adapter records.
     revision: str | None = None
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+
+    def __post_init__(self) -> None:
+        require(bool(self.path.strip()), "path", "is empty; give a local directory, a hub id or tiny-llama")
+        require(self.revision is None or bool(self.revision.strip()), "revision", "is empty; give one or null")
 
 
 def resolve_model_path(path: str) -> str:
