@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import torch
 
+from tunekit.errors import require
+
 StepFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
 
 
@@ -69,6 +71,22 @@ class TrainConfig:
     progress: bool = True
     # Pad batch widths to a multiple of this (8 suits tensor cores).
     pad_to_multiple_of: int = 1
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "epochs", f"must be at least 1, got {self.epochs}")
+        require(self.micro_batch_size >= 1, "micro_batch_size", f"must be at least 1, got {self.micro_batch_size}")
+        require(self.grad_accum_steps >= 1, "grad_accum_steps", f"must be at least 1, got {self.grad_accum_steps}")
+        require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be 0 or more, got {self.weight_decay}")
+        require(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        require(self.log_every >= 1, "log_every", f"must be at least 1, got {self.log_every}")
+        for key in ("eval_every", "save_every", "keep_checkpoints"):
+            value = getattr(self, key)
+            require(value >= 0, key, f"must be 0 or more, got {value}")
+        require(self.max_bad_steps >= 1, "max_bad_steps", f"must be at least 1, got {self.max_bad_steps}")
+        require(self.spike_factor >= 0, "spike_factor", f"must be 0 (off) or more, got {self.spike_factor}")
+        multiple = self.pad_to_multiple_of
+        require(multiple >= 1, "pad_to_multiple_of", f"must be at least 1, got {multiple}")
 
 
 @dataclass
