@@ -45,3 +45,32 @@ def test_malformed_input(tmp_path, capsys, recipe, case):
     assert last_line.startswith("tunekit error: ")
     assert message.format(col=column) in last_line
     assert not out.exists()
+
+
+# A value out of its range: refused when the config is read, naming the full key, before anything is written.
+VALUES = [
+    ("sft", "train.lr=-1", "train.lr must be positive, got -1.0"),
+    ("sft", "train.micro_batch_size=0", "train.micro_batch_size must be at least 1, got 0"),
+    ("sft", "train.grad_accum_steps=0", "train.grad_accum_steps must be at least 1, got 0"),
+    ("dpo", "train.epochs=0", "train.epochs must be at least 1, got 0"),
+    ("reward", "train.warmup_ratio=1", "train.warmup_ratio must be in [0, 1), got 1.0"),
+    ("pretrain", "train.keep_checkpoints=-1", "train.keep_checkpoints must be 0 or more, got -1"),
+    ("sft", "data.max_length=0", "data.max_length must be at least 1, got 0"),
+    ("dpo", "data.eval_fraction=1.5", "data.eval_fraction must be in [0, 1), got 1.5"),
+    ("grpo", "data.synthetic_size=0", "data.synthetic_size must be at least 1, got 0"),
+    ("sft", "model.adapter.r=0", "model.adapter.r must be at least 1, got 0"),
+    ("reward", "model.adapter.dropout=1", "model.adapter.dropout must be in [0, 1), got 1.0"),
+    ("grpo", "sampling.top_p=0", "sampling.top_p must be in (0, 1], got 0.0"),
+]
+
+
+@pytest.mark.parametrize(("recipe", "override", "message"), VALUES, ids=[v[1] for v in VALUES])
+def test_out_of_range_value(tmp_path, capsys, recipe, override, message):
+    module = RECIPES[recipe][0]
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(lambda: module.main([f"output_dir={out}", override]))
+    assert exit_info.value.code == USER_ERROR_EXIT_CODE
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line == f"tunekit error: {message}"
+    assert not out.exists()
