@@ -9,7 +9,7 @@ from tunekit.data.packing import pack_examples
 from tunekit.data.sft import IGNORE_INDEX, DataConfig, tokenize_rows
 from tunekit.data.sources import Rows
 from tunekit.losses.sft import label_cross_entropy, token_cross_entropy
-from tunekit.fast import varlen
+from tunekit.fast import FastPathConfig, enable_fast_paths
 from tunekit.models.logprobs import label_logits
 
 
@@ -42,9 +42,10 @@ def test_loss_equals_the_padded_loss(tiny_llama_path, tokenizer):
     items = examples(tokenizer)
     padded = collate_examples(items, pad_id=tokenizer.pad_token_id)
     with torch.no_grad():
-        expected, _ = token_cross_entropy(model(**model_inputs(padded, model)).logits, padded["labels"])
-        assert varlen.enable(model)
+        expected = token_cross_entropy(model(**model_inputs(padded, model)).logits, padded["labels"])
+        assert enable_fast_paths(model, FastPathConfig()).uses("padding-free")
         logits, targets, _ = label_logits(model, collate_padding_free(items))
         got = label_cross_entropy(logits, targets)
     assert logits.shape[0] == padded["num_items"]  # the head ran at label positions only
-    assert torch.allclose(got, expected, rtol=1e-5)
+    assert got.num_units == expected.num_units == padded["num_items"]
+    assert torch.allclose(got.loss_sum, expected.loss_sum, rtol=1e-5)

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from tunekit.errors import ConfigError
 from tunekit.losses.reduce import label_log_softmax
-from tunekit.fast import varlen
+from tunekit.fast import FastPathConfig, enable_fast_paths
 from tunekit.models.adapters import AdapterConfig, apply_adapter
 from tunekit.fast.compiled import compile_layers
 from tunekit.models.logprobs import logits_at
@@ -26,7 +26,7 @@ def lora_model(path: str) -> torch.nn.Module:
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.05)
-    varlen.enable(model)
+    enable_fast_paths(model, FastPathConfig())
     return model
 
 
@@ -156,7 +156,7 @@ def test_grpo_with_train_compile_samples_and_trains_as_eager_does(tmp_path, monk
     """Compiled, the rollouts' decode steps are compiled too: the same completions, rewards and losses."""
     from tunekit.config import load_config
     from tunekit.recipes.grpo import GRPOConfig, run
-    from tunekit.rl import decode
+    from tunekit.fast import decode
 
     compiled_rollouts = []
     real_compiled_step = decode.compiled_step

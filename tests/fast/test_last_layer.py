@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tunekit.fast import last_layer, varlen
+from tunekit.fast import FastPathConfig, enable_fast_paths, last_layer
 from tunekit.models.logprobs import logits_at
 from tunekit.models.tiny import tiny_model_path
 
@@ -23,7 +23,7 @@ def lora_model(name: str, window: int | None = None) -> torch.nn.Module:
     if window is not None:
         base.config.sliding_window = window
     model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
-    assert varlen.enable(model) and last_layer.installed(model)
+    assert enable_fast_paths(model, FastPathConfig()).uses("trimmed-last-layer") and last_layer.installed(model)
     return model
 
 
@@ -89,4 +89,6 @@ def test_other_forwards_run_the_whole_layer():
 def test_models_of_other_layouts_are_left_alone():
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path("tiny-llama"))
     model.config.model_type = "gemma"  # a layout the trimmed forward does not know
-    assert not last_layer.install(model) and not last_layer.installed(model)
+    assert "gemma" in last_layer.unsupported(model)
+    assert not enable_fast_paths(model, FastPathConfig()).uses("trimmed-last-layer")
+    assert not last_layer.installed(model)

@@ -27,7 +27,8 @@ def test_examples_end_to_end_match_each_example_alone(model):
     # 300 tokens exceed tiny-mistral's sliding window of 256, so the window is exercised too.
     seqs = [torch.randint(3, 400, (n,)) for n in (5, 300, 17, 1)]
     expected = torch.cat([alone(model, s) for s in seqs])
-    assert varlen.enable(model)
+    varlen.enable(model)
+    assert varlen.enabled(model)
     ids = torch.cat(seqs)[None]
     positions = torch.cat([torch.arange(len(s)) for s in seqs])[None]
     with torch.no_grad():
@@ -41,7 +42,8 @@ def test_examples_end_to_end_match_each_example_alone(model):
 
 def test_continuations_of_a_shared_prompt_match_their_own_rows(model):
     prompt, first, second = torch.randint(3, 400, (40,)), torch.randint(3, 400, (7,)), torch.randint(3, 400, (230,))
-    assert varlen.enable(model)
+    varlen.enable(model)
+    assert varlen.enabled(model)
     with torch.no_grad():
         own_first = alone(model, torch.cat([prompt, first]))
         own_second = alone(model, torch.cat([prompt, second]))
@@ -63,7 +65,8 @@ def test_padded_batches_and_generation_are_unchanged(model, tmp_path):
     with torch.no_grad():
         before = model(input_ids=ids, attention_mask=mask).logits
     generated = model.generate(input_ids=seqs[1][None], max_new_tokens=5, do_sample=False)
-    assert varlen.enable(model)
+    varlen.enable(model)
+    assert varlen.enabled(model)
     with torch.no_grad():
         after = model(input_ids=ids, attention_mask=mask).logits
     assert torch.allclose(before * mask[..., None], after * mask[..., None], atol=1e-6)
@@ -73,18 +76,19 @@ def test_padded_batches_and_generation_are_unchanged(model, tmp_path):
     assert varlen.IMPLEMENTATION not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
 
 
-def test_enable_keeps_eager_attention_and_refuses_adapters_that_add_tokens():
+def test_eager_attention_and_adapters_that_add_tokens_are_refused():
     from peft import PromptTuningConfig, get_peft_model
 
     eager = AutoModelForCausalLM.from_pretrained(tiny_model_path("tiny-llama"), attn_implementation="eager")
-    assert not varlen.enable(eager)
+    assert "eager" in varlen.unsupported(eager, on_gpu=False)
     assert eager.config._attn_implementation == "eager"
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path("tiny-llama"))
     prompted = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
-    assert not varlen.enable(prompted)
+    assert "adds tokens" in varlen.unsupported(prompted, on_gpu=False)
 
 
 def test_segments_must_cover_the_row(model):
-    assert varlen.enable(model)
+    varlen.enable(model)
+    assert varlen.enabled(model)
     with pytest.raises(ValueError, match="segments hold 5 tokens"):
         model(input_ids=torch.randint(3, 400, (1, 6)), position_ids=torch.arange(6)[None], segments=[(5,)])

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from tunekit.data.collate import collate_pairs
 from tunekit.data.pairs import PairExample
-from tunekit.fast import varlen
+from tunekit.fast import FastPathConfig, enable_fast_paths
 from tunekit.models import logprobs
 from tunekit.models.tiny import tiny_model_path
 
@@ -47,7 +47,7 @@ def test_padding_free_equals_padded(policy, side):
     # Rows: chosen 0, 1, 2, then rejected 0, 1 (no label: left out), 2.
     assert sorted(view.segments) == [(30, 5, 2, 9, 2), (52,)]
     assert view.input_ids.shape[1] == 30 + 5 + 2 + 9 + 2 + 12 + 40
-    assert varlen.enable(policy)
+    assert enable_fast_paths(policy, FastPathConfig()).uses("padding-free")
 
     policy.zero_grad()
     expected = logprobs._padded_token_logps(policy, batch, entropy=True)

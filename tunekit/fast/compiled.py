@@ -9,14 +9,13 @@ Each decoder block is compiled on its own, in place: the module tree, parameter 
 do not change, so checkpoints and exports are those of an eager run. The compiled forward serves only forwards that
 build a graph for a backward; evaluation, reference log-probs and ``generate`` run eager, so that generation's KV
 cache objects never reach the compiler and no-grad passes add no graphs of their own. Rollouts through tunekit's
-own decoding loop have a compiled per-token step of their own, used when :func:`is_compiled` says the run compiled
-its blocks (:func:`tunekit.fast.decode.compiled_step`). Attention over padding-free
-batches stays outside the graph (:mod:`tunekit.fast.varlen` loops over the batch's examples in Python), and
-shapes are compiled as dynamic, so a new batch length does not recompile.
+own decoding loop get a compiled per-token step of their own when the run compiled its blocks
+(:func:`tunekit.fast.decode.compiled_step`). Attention over padding-free batches stays outside the graph
+(:mod:`tunekit.fast.varlen` loops over the batch's examples in Python), and shapes are compiled as dynamic, so a
+new batch length does not recompile.
 
-The first steps pay for compilation (tens of seconds on a CPU); every step after gains the fused elementwise work.
-On the benchmark CPU that measured 1.02x and 1.13x over eager SFT, whose own code already fuses much of it
-(docs/benchmarks.md). A GPU step of many small kernels may gain more; that is not measured yet.
+The first steps pay for compilation (tens of seconds on a CPU); the steps after gain the fused elementwise work
+(docs/benchmarks.md has the measured ratio). Opt-in for that reason: a short run may never earn the cost back.
 """
 
 from __future__ import annotations
@@ -35,13 +34,14 @@ from tunekit.errors import ConfigError
 _RECOMPILE_LIMIT = 16
 
 
-def check_compile_supported(sharded: bool) -> None:
-    """Refuse ``train.compile`` where it cannot work, before anything is written: with a sharded engine (FSDP,
-    ZeRO-3 gather weights in hooks around the very modules compiled here), or on a CPU with no C++ compiler for
-    inductor's generated code."""
+def check_compile_supported() -> None:
+    """Refuse ``train.compile`` where it cannot work, before anything is written: under a sharded engine (FSDP and
+    DeepSpeed gather weights in hooks around the very modules compiled here; ``accelerate launch`` says which
+    engine in the environment), or on a CPU with no C++ compiler for inductor's generated code."""
+    sharded = any(os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true" for name in ("FSDP", "DEEPSPEED"))
     if sharded:
         raise ConfigError(
-            "train.compile=true is not supported with FSDP or DeepSpeed ZeRO-3 in tunekit; set train.compile=false"
+            "train.compile=true is not supported with FSDP or DeepSpeed in tunekit; set train.compile=false"
         )
     if torch.cuda.is_available():
         return
@@ -68,11 +68,6 @@ def compile_layers(model: torch.nn.Module) -> int:
             continue
         block.forward = _training_only(block.forward, torch.compile(block.forward, dynamic=True))
     return len(blocks)
-
-
-def is_compiled(model: torch.nn.Module) -> bool:
-    """Whether :func:`compile_layers` compiled the blocks of ``model`` (or of the model it wraps)."""
-    return any(getattr(m.forward, "tunekit_compiled", False) for m in model.modules())
 
 
 def _training_only(eager: Callable[..., Any], compiled: Callable[..., Any]) -> Callable[..., Any]:

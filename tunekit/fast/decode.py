@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 from transformers import DynamicCache
 
+from tunekit.fast import fast_paths_of, note_once
 from tunekit.fast.packed_decode import Projection, Projections
 
 # Attention classes that compute exactly q/k/v projections, rotary q and k, grouped-query softmax attention and an
@@ -83,37 +84,59 @@ def _inverse_cdf(probs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=probs.shape[-1] - 1)
 
 
-def lean_decoder(model: torch.nn.Module, total_length: int) -> torch.nn.Module | None:
-    """The causal LM :func:`decode` runs for ``model`` (a peft model's base, with its adapter layers in place),
-    or None when the lean loop would not compute what ``model``'s own forward computes.
+def unsupported(model: torch.nn.Module, total_length: int | None = None) -> str | None:
+    """Why :func:`decode` would not compute what ``model``'s own forward computes, or None when it would.
 
-    ``total_length`` is the prompt width plus ``max_new_tokens``: a sliding window shorter than that changes
-    attention, which the loop does not model. Sharded weights (ZeRO-3, FSDP) are left to ``generate`` as well: they
-    are gathered by hooks on the modules the loop goes around, and every process must keep decoding until all have
-    finished, which ``generate`` arranges.
+    ``model`` is a transformers causal LM or a peft model of one. ``total_length``, the prompt width plus
+    ``max_new_tokens`` of a rollout, is checked against the model's sliding window, which the loop does not model
+    (None: not checked). Sharded weights (ZeRO-3, FSDP) are left to ``generate`` as well: they are gathered by
+    hooks on the modules the loop goes around, and every process must keep decoding until all have finished,
+    which ``generate`` arranges.
     """
     if any(hasattr(param, "ds_id") or isinstance(param, DTensor) for param in model.parameters()):
-        return None
+        return "the weights are sharded (FSDP or ZeRO-3)"
     peft_config = getattr(model, "peft_config", None)
     if peft_config is not None:
         active = peft_config.get(getattr(model, "active_adapter", "default"))
-        if active is None or str(getattr(active.peft_type, "value", active.peft_type)) not in _IN_LAYER_ADAPTERS:
-            return None
+        kind = None if active is None else str(getattr(active.peft_type, "value", active.peft_type))
+        if kind not in _IN_LAYER_ADAPTERS:
+            return f"the {kind} adapter changes what attention sees; LoRA and IA3 are covered"
         model = model.get_base_model()
     body = getattr(model, "model", None)
     layers = getattr(body, "layers", None)
     if layers is None or not all(hasattr(body, name) for name in ("embed_tokens", "norm", "rotary_emb")):
-        return None
+        return f"{type(model).__name__} is not laid out as a LLaMA-style causal LM"
     if not hasattr(model, "lm_head"):
-        return None
+        return f"{type(model).__name__} has no lm_head"
     for layer in layers:
         if type(layer.self_attn).__name__ not in _LLAMA_ATTENTION or type(layer.mlp).__name__ not in _GATED_MLP:
-            return None
+            return f"{type(layer.self_attn).__name__} / {type(layer.mlp).__name__} are not LLaMA's attention and MLP"
     window = getattr(model.config, "sliding_window", None)
     uses_window = getattr(model.config, "use_sliding_window", True)
-    if window is not None and uses_window and window < total_length:
+    if total_length is not None and window is not None and uses_window and window < total_length:
+        return f"the sliding window ({window}) is shorter than prompt plus completion ({total_length} tokens)"
+    return None
+
+
+def lean_decoder(model: torch.nn.Module, total_length: int) -> torch.nn.Module | None:
+    """The causal LM :func:`decode` runs for ``model`` (a peft model's base, with its adapter layers in place), or
+    None when :func:`unsupported` refuses it."""
+    if unsupported(model, total_length) is not None:
         return None
-    return model
+    return model.get_base_model() if getattr(model, "peft_config", None) is not None else model
+
+
+def rollout_decoder(model: torch.nn.Module, total_length: int) -> torch.nn.Module | None:
+    """The model :func:`decode` runs for a rollout of ``total_length`` tokens by ``model``, or None for
+    transformers' ``generate``: when the run turned own-decoder off, or this rollout is one the loop does not
+    cover (said once)."""
+    if not fast_paths_of(model).uses("own-decoder"):
+        return None
+    refusal = unsupported(model, total_length)
+    if refusal is not None:
+        note_once("own-decoder", f"{refusal}; these rollouts go through transformers' generate")
+        return None
+    return lean_decoder(model, total_length)
 
 
 @torch.no_grad()

@@ -39,6 +39,11 @@ def _kernel() -> tuple[Callable[..., torch.Tensor], frozenset[str]] | None:
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
+def available() -> bool:
+    """Whether this torch has the varlen flash attention kernel (CUDA builds of torch >= 2.10)."""
+    return torch.cuda.is_available() and _kernel() is not None
+
+
 def compute_dtype(query: torch.Tensor) -> torch.dtype | None:
     """The half-precision dtype attention on ``query`` computes in, or None when it computes in fp32."""
     if query.dtype in (torch.bfloat16, torch.float16):

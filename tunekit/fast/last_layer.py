@@ -34,29 +34,38 @@ _MODEL_TYPES = ("llama", "mistral", "qwen2")
 _MARK = "tunekit_trims_last_layer"
 
 
-def install(model: torch.nn.Module) -> bool:
-    """Wrap the last decoder layer of ``model`` (a transformers model or a peft / DDP wrapper of one) so that it
-    honours ``keep_rows``; returns whether it now does. Idempotent; the weights and the module tree are unchanged."""
+def unsupported(model: torch.nn.Module) -> str | None:
+    """Why the last layer of ``model`` (a transformers model or a peft / DDP wrapper of one) cannot be trimmed, or
+    None when it can."""
     base = _base_model(model)
-    config = getattr(base, "config", None)
+    model_type = getattr(getattr(base, "config", None), "model_type", None)
     layers = getattr(getattr(base, "model", None), "layers", None)
-    if getattr(config, "model_type", None) not in _MODEL_TYPES or not layers:
-        return False
+    if model_type not in _MODEL_TYPES or not layers:
+        return f"model type {model_type!r} is not one of {', '.join(_MODEL_TYPES)}"
     layer = layers[-1]
-    if getattr(layer, _MARK, False):
-        return True
     attention = getattr(layer, "self_attn", None)
-    rotate_half = getattr(sys.modules[type(layer).__module__], "rotate_half", None)
     parts = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")
-    if attention is None or rotate_half is None or not all(hasattr(attention, p) for p in parts):
-        return False
-    if hasattr(attention, "q_norm") or not all(hasattr(layer, p) for p in ("input_layernorm", "mlp")):
-        return False
-    if not hasattr(layer, "post_attention_layernorm"):
-        return False
-    layer.forward = _keeping_rows(layer, layer.forward, rotate_half)
-    setattr(layer, _MARK, True)
-    return True
+    if attention is None or _rotate_half(layer) is None or not all(hasattr(attention, p) for p in parts):
+        return f"{type(layer).__name__} is not laid out as LLaMA's decoder layer"
+    if hasattr(attention, "q_norm") or not all(
+        hasattr(layer, p) for p in ("input_layernorm", "mlp", "post_attention_layernorm")
+    ):
+        return f"{type(layer).__name__} is not laid out as LLaMA's decoder layer"
+    return None
+
+
+def install(model: torch.nn.Module) -> None:
+    """Wrap the last decoder layer of ``model`` (one :func:`unsupported` accepts) so that it honours
+    ``keep_rows``. Idempotent; the weights and the module tree are unchanged."""
+    layer = _base_model(model).model.layers[-1]
+    if not getattr(layer, _MARK, False):
+        layer.forward = _keeping_rows(layer, layer.forward, _rotate_half(layer))
+        setattr(layer, _MARK, True)
+
+
+def _rotate_half(layer: torch.nn.Module) -> Callable | None:
+    """The rotary helper of the layer's own modeling module (transformers keeps one per architecture)."""
+    return getattr(sys.modules[type(layer).__module__], "rotate_half", None)
 
 
 def installed(model: torch.nn.Module) -> bool:

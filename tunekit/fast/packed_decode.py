@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import torch
 
+from tunekit.fast import note_once
+
 # Linear modules that read the same input, and a function computing all their outputs at once.
 Projections = tuple[torch.nn.Module, ...]
 Projection = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
@@ -31,6 +33,7 @@ def packed_linears(model: torch.nn.Module, rows: int) -> dict[Projections, Proje
         groups += [(mlp.gate_proj, mlp.up_proj), (mlp.down_proj,)]
     groups.append((model.lm_head,))
     if not _copy_fits(groups):
+        note_once("packed-decode", "a packed fp32 copy of the weights would take over a quarter of free memory")
         return {}
     table: dict[Projections, Projection] = {}
     for modules in groups:

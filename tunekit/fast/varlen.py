@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from tunekit.data.segments import Segments  # noqa: F401  (varlen.Segments: the type its attention reads)
-from tunekit.fast import flash_varlen
+from tunekit.fast import flash_varlen, note_once
 
 IMPLEMENTATION = "tunekit_varlen"
 # Decoder-only text models whose attention takes the query/key/value layout, position ids and (sliding window)
@@ -57,31 +57,45 @@ def _mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
     return sdpa_mask(*args, **kwargs)
 
 
-def enable(model: torch.nn.Module) -> bool:
-    """Switch ``model`` (a transformers model, or a peft / DDP wrapper of one) to padding-free-capable attention.
-
-    Only LLaMA-style models (MODEL_TYPES) on ``sdpa`` are switched (an ``eager`` choice is kept). Returns whether
-    the model now takes padding-free batches: adapters that add tokens (prompt and prefix tuning, adaption
-    prompts) do not.
-    Idempotent; the choice is not saved with the model (``config.json`` keeps no attention implementation).
-    """
+def unsupported(model: torch.nn.Module, on_gpu: bool) -> str | None:
+    """Why ``model`` (a transformers model, or a peft / DDP wrapper of one) cannot take padding-free batches, or
+    None when it can: LLaMA-style models (MODEL_TYPES) on ``sdpa`` attention, with no adapter that adds tokens
+    (prompt and prefix tuning, adaption prompts). On a GPU the per-example loop costs a kernel launch per example
+    and layer, so padding-free batches also need torch's flash varlen kernel there (:mod:`.flash_varlen`)."""
     inner = getattr(model, "module", model)
     for config in getattr(inner, "peft_config", {}).values():
         if getattr(config, "is_prompt_learning", False) or getattr(config, "is_adaption_prompt", False):
-            return False
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    config = getattr(base, "config", None)
+            return "the adapter adds tokens to attention"
+    config = getattr(_base(model), "config", None)
     current = getattr(config, "_attn_implementation", None)
     if current == IMPLEMENTATION:
-        return True
-    if current != "sdpa" or getattr(config, "model_type", None) not in MODEL_TYPES:
-        return False
-    _register()
-    base.set_attn_implementation(IMPLEMENTATION)
-    from tunekit.fast import last_layer  # it builds on this module
+        return None
+    if getattr(config, "model_type", None) not in MODEL_TYPES:
+        return f"model type {getattr(config, 'model_type', None)!r} is not one of {', '.join(MODEL_TYPES)}"
+    if current != "sdpa":
+        return f"the model runs {current!r} attention, not sdpa"
+    if on_gpu and not flash_varlen.available():
+        return f"on CUDA it needs torch >= 2.10 for flash varlen attention (this is torch {torch.__version__})"
+    return None
 
-    last_layer.install(model)
-    return True
+
+def enable(model: torch.nn.Module) -> None:
+    """Switch ``model`` (one :func:`unsupported` accepts) to the attention here. Idempotent; the choice is not
+    saved with the model (``config.json`` keeps no attention implementation)."""
+    base = _base(model)
+    if base.config._attn_implementation != IMPLEMENTATION:
+        _register()
+        base.set_attn_implementation(IMPLEMENTATION)
+
+
+def enabled(model: torch.nn.Module) -> bool:
+    """Whether :func:`enable` switched ``model`` (or the model it wraps)."""
+    return getattr(getattr(_base(model), "config", None), "_attn_implementation", None) == IMPLEMENTATION
+
+
+def _base(model: torch.nn.Module) -> torch.nn.Module:
+    inner = getattr(model, "module", model)
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
 
 
 # Kept out of torch.compile graphs (train.compile): the loop over examples would specialise a graph to every batch's
@@ -121,6 +135,12 @@ def varlen_attention(
         flat = flash_varlen.attention(query, key, value, rows, scaling, window)
         if flat is not None:
             return flat, None
+    if query.is_cuda:
+        note_once(
+            "padding-free",
+            "flash varlen attention needs bf16 or fp16 compute, no attention dropout, a head size of at most 256 "
+            "divisible by 8 and a window the kernel takes; these forwards run attention example by example",
+        )
     out_rows = []
     per_row = zip(rows, query.split(1), key.split(1), value.split(1), strict=True)
     for row_segments, query_row, key_row, value_row in per_row:

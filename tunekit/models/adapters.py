@@ -109,17 +109,13 @@ def apply_adapter(
 
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    from tunekit.fast.lean_lora import use_lean_forward
-
     peft_config = build_peft_config(model, config, head)
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    model = get_peft_model(model, peft_config)
-    use_lean_forward(model)
-    return model
+    return get_peft_model(model, peft_config)
 
 
 def build_peft_config(model: torch.nn.Module, config: AdapterConfig, head: str = "causal-lm") -> Any:

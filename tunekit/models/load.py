@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 
 from tunekit.errors import ModelError, require
+from tunekit.fast import FastPathConfig
 from tunekit.models.adapters import AdapterConfig, check_mergeable
 from tunekit.models.tiny import DEFAULT_CHAT_TEMPLATE, TINY_MODELS, tiny_model_path
 
@@ -42,6 +43,8 @@ class ModelConfig:
     # adapter directory as path, it applies to the base the adapter records.
     revision: str | None = None
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    # tunekit's speed code (tunekit/fast/): each path on where it applies; enabled=false runs plain transformers + peft.
+    fast_paths: FastPathConfig = field(default_factory=FastPathConfig)
 
     def __post_init__(self) -> None:
         require(bool(self.path.strip()), "path", "is empty; give a local directory, a hub id or tiny-llama")

@@ -179,7 +179,7 @@ def token_logps(
     positions hold 0. Only the chosen tokens' log-probs are gathered, never a full-vocabulary log-softmax. With
     ``entropy``, also the entropy of each position's next-token distribution [B, T-1] (no gradient).
     """
-    view = padding_free_view(batch) if varlen.enable(model) else None
+    view = padding_free_view(batch) if varlen.enabled(model) else None
     if view is None:
         return _padded_token_logps(model, batch, entropy)
     logits = logits_at(model, view.input_ids, view.position_ids, view.segments, view.positions)

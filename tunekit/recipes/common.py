@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 import torch
 
 from tunekit.config import all_keys, load_config
-from tunekit.errors import exit_on_user_error
+from tunekit.errors import exit_on_user_error, require
+from tunekit.fast import FastPaths, enable_fast_paths
 from tunekit.models.load import ModelConfig
 from tunekit.train.engines import leave_process_group
 from tunekit.train.rundir import prepare_output_dir
@@ -35,6 +36,14 @@ class RecipeConfig:
     resume: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        # train.compile is one of the fast paths (tunekit/fast/compiled.py); a plain run compiles nothing.
+        require(
+            not (self.train.compile and not self.model.fast_paths.enabled),
+            "train.compile",
+            "needs model.fast_paths.enabled=true (a plain run compiles nothing)",
+        )
 
 
 @dataclass
@@ -140,6 +149,16 @@ def run_spec(config: RecipeConfig, output_dir: Path, resume_from: Path | None, *
         resume_from=resume_from,
         **fields,
     )
+
+
+def use_fast_paths(model: torch.nn.Module, config: RecipeConfig, generates: bool = False) -> FastPaths:
+    """Turn on the fast paths ``config.model.fast_paths`` allows on the prepared ``model`` (``generates``: the
+    recipe samples from it), say which, and record them in the config that config.yaml will hold (a path that did
+    not turn on is written as false)."""
+    paths = enable_fast_paths(model, config.model.fast_paths, compile=config.train.compile, generates=generates)
+    config.model.fast_paths = paths.resolved(config.model.fast_paths)
+    say(paths.summary())
+    return paths
 
 
 def say_held_out_outcome(history: list[dict[str, Any]], keys: list[str]) -> None:

@@ -2,9 +2,10 @@
 
 A :class:`Rollout` holds G completions for each of P prompts, as N = P * G rows; the completions of prompt p
 are rows ``[p * G, (p + 1) * G)``. Prompts are left-padded so that every completion starts at the same column,
-and completions are right-padded after their EOS. LLaMA-style models decode through tunekit's own loop
-(:mod:`tunekit.fast.decode`: each prompt prefilled once for its whole group, a preallocated KV cache); other models
-go through ``transformers``' ``generate``. Both stop early once every row has finished.
+and completions are right-padded after their EOS. With the own-decoder fast path on, LLaMA-style models decode
+through tunekit's own loop (:mod:`tunekit.fast.decode`: each prompt prefilled once for its whole group, a
+preallocated KV cache); otherwise rollouts go through ``transformers``' ``generate``. Both stop early once every
+row has finished.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import torch
 from tunekit.data.prompts import PromptExample
 from tunekit.errors import require
 from tunekit.losses.sft import IGNORE_INDEX
-from tunekit.fast.compiled import is_compiled
+from tunekit.fast import COMPILED, fast_paths_of
 from tunekit.models.reference import unwrap
-from tunekit.fast.decode import Sampler, decode, lean_decoder
+from tunekit.fast.decode import Sampler, decode, rollout_decoder
 from tunekit.fast.packed_decode import packed_linears
 
 
@@ -95,8 +96,9 @@ def generate_rollout(
     was_training = generator.training
     generator.eval()
     ends = end_token_ids(generator, tokenizer)
-    lean = lean_decoder(generator, width + sampling.max_new_tokens)
+    lean = rollout_decoder(generator, width + sampling.max_new_tokens)
     if lean is not None:
+        paths = fast_paths_of(generator)
         completions = decode(
             lean,
             prompt_ids.to(device),
@@ -107,8 +109,8 @@ def generate_rollout(
             ends,
             pad,
             _stop_check(tokenizer, sampling.stop_strings),
-            packed_linears(lean, len(rows)),
-            compiled=is_compiled(generator),
+            packed_linears(lean, len(rows)) if paths.uses("packed-decode") else None,
+            compiled=paths.uses(COMPILED),
         ).cpu()
     else:
         completions = generate_with_transformers(generator, tokenizer, prompt_ids, prompt_mask, group, sampling, ends)
