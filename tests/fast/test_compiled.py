@@ -10,10 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tunekit.errors import ConfigError
-from tunekit.losses.reduce import label_log_softmax
 from tunekit.fast import FastPathConfig, enable_fast_paths
-from tunekit.models.adapters import AdapterConfig, apply_adapter
 from tunekit.fast.compiled import compile_layers
+from tunekit.losses.reduce import label_log_softmax
+from tunekit.models.adapters import AdapterConfig, apply_adapter
 from tunekit.models.logprobs import logits_at
 
 
@@ -155,8 +155,8 @@ def test_train_compile_without_a_cpp_compiler_is_refused_before_the_run_starts(t
 def test_grpo_with_train_compile_samples_and_trains_as_eager_does(tmp_path, monkeypatch):
     """Compiled, the rollouts' decode steps are compiled too: the same completions, rewards and losses."""
     from tunekit.config import load_config
-    from tunekit.recipes.grpo import GRPOConfig, run
     from tunekit.fast import decode
+    from tunekit.recipes.grpo import GRPOConfig, run
 
     compiled_rollouts = []
     real_compiled_step = decode.compiled_step

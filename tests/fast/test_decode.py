@@ -5,11 +5,11 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
+from tunekit.fast.decode import Sampler, decode, lean_decoder
+from tunekit.fast.packed_decode import packed_linears
 from tunekit.models.adapters import AdapterConfig, apply_adapter
 from tunekit.models.load import ModelConfig, load_model
 from tunekit.models.tiny import tiny_model_path
-from tunekit.fast.decode import Sampler, decode, lean_decoder
-from tunekit.fast.packed_decode import packed_linears
 
 GROUP, NEW = 3, 10
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
+from tunekit.fast import last_layer, varlen
 from tunekit.losses.reduce import label_log_softmax, selective_log_softmax
 from tunekit.losses.sft import IGNORE_INDEX
-from tunekit.fast import last_layer, varlen
 
 
 def causal_lm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -18,11 +18,11 @@ import torch
 
 from tunekit.data.prompts import PromptExample
 from tunekit.errors import require
-from tunekit.losses.sft import IGNORE_INDEX
 from tunekit.fast import COMPILED, fast_paths_of
-from tunekit.models.reference import unwrap
 from tunekit.fast.decode import Sampler, decode, rollout_decoder
 from tunekit.fast.packed_decode import packed_linears
+from tunekit.losses.sft import IGNORE_INDEX
+from tunekit.models.reference import unwrap
 
 
 @dataclass
