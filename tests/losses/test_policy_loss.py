@@ -5,7 +5,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from tunekit.losses.policy import aggregate, clipped_surrogate, grpo_loss, k3_kl, ppo_losses
+from tunekit.losses.policy import aggregate, clipped_surrogate, count_units, grpo_loss, k3_kl, ppo_losses
 
 
 def test_k3_kl_matches_hand_derived_values():
@@ -56,9 +56,11 @@ MASK = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]])
     ],
 )
 def test_aggregation_modes_match_hand_derived_values(mode, loss_sum, num_items):
-    got_sum, got_items = aggregate(PER_TOKEN, MASK, mode, max_tokens=4)
-    assert math.isclose(got_sum.item(), loss_sum, rel_tol=1e-6)
-    assert got_items.item() == num_items
+    got = aggregate(PER_TOKEN, MASK, mode, max_tokens=4)
+    assert math.isclose(got.loss_sum.item(), loss_sum, rel_tol=1e-6)
+    assert got.num_units.item() == num_items
+    # The count a prepared batch declares before the forward is the same number.
+    assert count_units(MASK.bool(), mode).item() == num_items
 
 
 @pytest.mark.parametrize("mode", ["token", "sequence", "dr_grpo"])
@@ -66,10 +68,12 @@ def test_micro_batches_sum_to_the_whole_batch_mean(mode):
     torch.manual_seed(0)
     per_token = torch.randn(8, 10)
     mask = (torch.arange(10)[None, :] < torch.tensor([10, 1, 4, 7, 2, 9, 5, 3])[:, None]).long()
-    whole_sum, whole_items = aggregate(per_token, mask, mode, max_tokens=10)
+    whole = aggregate(per_token, mask, mode, max_tokens=10)
+    whole_sum, whole_items = whole.loss_sum, whole.num_units
     # Uneven micro-batches (3, 1, 4 rows) with very different token counts: a mean of per-micro-batch means
     # would weigh the 1-row batch like the others; summing sums and counts does not.
-    parts = [aggregate(per_token[rows], mask[rows], mode, max_tokens=10) for rows in (slice(0, 3), [3], slice(4, 8))]
+    outputs = [aggregate(per_token[rows], mask[rows], mode, max_tokens=10) for rows in (slice(0, 3), [3], slice(4, 8))]
+    parts = [(o.loss_sum, o.num_units) for o in outputs]
     split_mean = sum(s for s, _ in parts) / sum(n for _, n in parts)
     assert torch.allclose(split_mean, whole_sum / whole_items, atol=1e-6)
     if mode == "token":
@@ -83,6 +87,8 @@ def test_aggregation_errors():
         aggregate(PER_TOKEN, MASK, "dr_grpo")
     with pytest.raises(ValueError, match="unknown aggregation"):
         aggregate(PER_TOKEN, MASK, "mean")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        count_units(MASK, "mean")  # type: ignore[arg-type]
 
 
 def test_grpo_loss_matches_hand_derived_values():
@@ -94,9 +100,10 @@ def test_grpo_loss_matches_hand_derived_values():
     logps = old_logps + torch.tensor([[math.log(1.5), 0.0, 5.0]])
     ref_logps = logps + torch.tensor([[math.log(0.5), 0.0, 9.0]])
     mask = torch.tensor([[1, 1, 0]])
-    loss_sum, num_items, metrics = grpo_loss(
+    output = grpo_loss(
         logps, old_logps, torch.tensor([1.0]), mask, clip_low=0.2, clip_high=0.28, ref_logps=ref_logps, kl_beta=0.1
     )
+    loss_sum, num_items, metrics = output.loss_sum, output.num_units, output.metrics
     k3 = 0.5 + math.log(2.0) - 1.0
     assert math.isclose(loss_sum.item(), -1.28 + 0.1 * k3 - 1.0, rel_tol=1e-6)
     assert num_items.item() == 2
@@ -104,9 +111,9 @@ def test_grpo_loss_matches_hand_derived_values():
     assert math.isclose(metrics["ratio_mean"].item(), 1.25, rel_tol=1e-6)
     assert math.isclose(metrics["kl"].item(), k3 / 2, rel_tol=1e-6)
     # Without a reference there is no KL metric and no penalty.
-    loss_sum, _, metrics = grpo_loss(logps, old_logps, torch.tensor([1.0]), mask, clip_low=0.2, clip_high=0.28)
-    assert math.isclose(loss_sum.item(), -2.28, rel_tol=1e-6)
-    assert "kl" not in metrics
+    output = grpo_loss(logps, old_logps, torch.tensor([1.0]), mask, clip_low=0.2, clip_high=0.28)
+    assert math.isclose(output.loss_sum.item(), -2.28, rel_tol=1e-6)
+    assert "kl" not in output.metrics
 
 
 def _trl_grpo_loss(loss_type, logps, old_logps, ref_logps, advantages, mask, beta, eps_low, eps_high, max_len):
@@ -169,7 +176,7 @@ def test_grpo_loss_matches_trl_grpo_trainer(aggregation, trl_loss_type, beta):
     ours_logps = (old_logps + 0.4 * torch.randn(batch, width)).requires_grad_()
     trl_logps = ours_logps.detach().clone().requires_grad_()
 
-    loss_sum, num_items, metrics = grpo_loss(
+    output = grpo_loss(
         ours_logps,
         old_logps,
         advantages,
@@ -181,6 +188,7 @@ def test_grpo_loss_matches_trl_grpo_trainer(aggregation, trl_loss_type, beta):
         aggregation=aggregation,
         max_tokens=max_len,
     )
+    loss_sum, num_items, metrics = output.loss_sum, output.num_units, output.metrics
     trl_loss, trl_clip, trl_kl = _trl_grpo_loss(
         trl_loss_type, trl_logps, old_logps, ref_logps, advantages, mask, beta, 0.2, 0.28, max_len
     )
@@ -206,7 +214,7 @@ def test_ppo_losses_match_hand_derived_values():
     # approx_kl (k3 of KL(old || new)): token 0: ratio - 1 - log ratio = 0.5 - log 1.5; token 1: 0.
     old_logps = torch.tensor([[-1.0, -2.0, -3.0]])
     logps = old_logps + torch.tensor([[math.log(1.5), 0.0, 4.0]])
-    loss_sum, num_items, metrics = ppo_losses(
+    output = ppo_losses(
         logps,
         old_logps,
         advantages=torch.tensor([[2.0, -1.0, 100.0]]),
@@ -220,6 +228,7 @@ def test_ppo_losses_match_hand_derived_values():
         entropy=torch.tensor([[1.0, 2.0, 50.0]]),
         entropy_coef=0.1,
     )
+    loss_sum, num_items, metrics = output.loss_sum, output.num_units, output.metrics
     assert math.isclose(loss_sum.item(), -2.4775 + 1.05, rel_tol=1e-6)
     assert num_items.item() == 2
     expected = {
@@ -240,7 +249,7 @@ def test_ppo_value_clip_removes_the_value_gradient_beyond_the_trust_region():
     old_values = torch.tensor([[0.0, 0.0]])
     returns = torch.tensor([[0.8, 1.0]])
     logps = torch.zeros(1, 2)
-    loss_sum, _, _ = ppo_losses(
+    output = ppo_losses(
         logps,
         logps,
         torch.zeros(1, 2),
@@ -252,6 +261,6 @@ def test_ppo_value_clip_removes_the_value_gradient_beyond_the_trust_region():
         value_clip=0.5,
         value_coef=1.0,
     )
-    loss_sum.backward()
+    output.loss_sum.backward()
     # Token 0 is held at its clipped value 0.5 (constant in v): no gradient. Token 1: d 0.5 (v - R)^2 = v - R = -0.9.
     assert torch.allclose(values.grad, torch.tensor([[0.0, -0.9]]), atol=1e-6)

@@ -33,9 +33,9 @@ PAIR = PairLogps(
 
 
 def loss_of(loss_type: str, **config) -> float:
-    losses, _ = preference_loss(PAIR, PreferenceLossConfig(loss_type=loss_type, **config))
-    assert losses.shape == (1,)
-    return losses.item()
+    loss = preference_loss(PAIR, PreferenceLossConfig(loss_type=loss_type, **config))
+    assert loss.loss_sum.shape == () and loss.num_units.item() == 1
+    return loss.loss_sum.item()
 
 
 def test_sigmoid_hinge_by_hand():
@@ -81,13 +81,13 @@ def test_orpo_stays_finite_when_the_chosen_completion_is_certain():
     # An average log-prob of exactly 0 (p = 1) makes log(1 - p) = -inf; the loss and its gradient must stay finite.
     chosen = torch.tensor([0.0, -1.0], requires_grad=True)
     logps = PairLogps(chosen, torch.tensor([-2.0, -2.0]), torch.tensor([3, 3]), torch.tensor([3, 3]))
-    losses, _ = preference_loss(logps, PreferenceLossConfig("orpo"))
-    losses.sum().backward()
-    assert torch.isfinite(losses).all() and torch.isfinite(chosen.grad).all()
+    loss = preference_loss(logps, PreferenceLossConfig("orpo"))
+    loss.loss_sum.backward()
+    assert torch.isfinite(loss.loss_sum) and torch.isfinite(chosen.grad).all()
 
 
 def test_shared_metrics_by_hand():
-    _, metrics = preference_loss(PAIR, PreferenceLossConfig(loss_type="sigmoid", beta=0.5))
+    metrics = preference_loss(PAIR, PreferenceLossConfig(loss_type="sigmoid", beta=0.5)).metrics
     # Reference-based: rewards = beta * log-ratio = 0.5 * (+1, -1); logps are the policy's summed log-probs.
     assert metrics["rewards/chosen"].item() == 0.5
     assert metrics["rewards/rejected"].item() == -0.5
@@ -95,7 +95,7 @@ def test_shared_metrics_by_hand():
     assert metrics["rewards/accuracy"].item() == 1.0
     assert (metrics["logps/chosen"].item(), metrics["logps/rejected"].item()) == (-4.0, -12.0)
 
-    _, metrics = preference_loss(PAIR, PreferenceLossConfig(loss_type="simpo", beta=0.5))
+    metrics = preference_loss(PAIR, PreferenceLossConfig(loss_type="simpo", beta=0.5)).metrics
     # Reference-free: rewards = beta * average log-prob = 0.5 * (-2, -3); logps are the averages.
     assert metrics["rewards/chosen"].item() == -1.0
     assert metrics["rewards/rejected"].item() == -1.5
@@ -107,7 +107,7 @@ def test_reference_free_types_need_no_reference():
     no_ref = PairLogps(PAIR.chosen, PAIR.rejected, PAIR.chosen_tokens, PAIR.rejected_tokens)
     for loss_type in REFERENCE_FREE:
         config = PreferenceLossConfig(loss_type=loss_type)
-        assert torch.equal(preference_loss(no_ref, config)[0], preference_loss(PAIR, config)[0])
+        assert torch.equal(preference_loss(no_ref, config).loss_sum, preference_loss(PAIR, config).loss_sum)
 
 
 @pytest.mark.parametrize("loss_type", sorted(set(PREFERENCE_LOSSES) - REFERENCE_FREE))
@@ -216,8 +216,10 @@ def test_reference_based_types_match_trl_dpo_trainer(loss_type, beta, label_smoo
 
     trl_loss, trl_metrics = _trl_dpo(loss_type, beta, label_smoothing, theirs_leaf, mask, ref)
     config = PreferenceLossConfig(loss_type=loss_type, beta=beta, label_smoothing=label_smoothing)
-    losses, metrics = preference_loss(_pair_logps(ours_leaf, mask, ref), config)
-    loss = losses.sum() / num_pairs  # what the runner does with the per-pair losses
+    output = preference_loss(_pair_logps(ours_leaf, mask, ref), config)
+    metrics = output.metrics
+    assert output.num_units.item() == num_pairs
+    loss = output.loss_sum / output.num_units  # what the runner does with the summed loss
 
     assert math.isclose(loss.item(), trl_loss.item(), abs_tol=1e-6)
     trl_loss.backward()
@@ -227,7 +229,8 @@ def test_reference_based_types_match_trl_dpo_trainer(loss_type, beta, label_smoo
     for i in range(num_pairs):
         rows = [i, num_pairs + i]
         single, _ = _trl_dpo(loss_type, beta, label_smoothing, per_token[rows], mask[rows], ref[rows])
-        assert math.isclose(losses[i].item(), single.item(), abs_tol=1e-6)
+        ours = preference_loss(_pair_logps(per_token[rows], mask[rows], ref[rows]), config).loss_sum
+        assert math.isclose(ours.item(), single.item(), abs_tol=1e-6)
 
     renamed = {"rewards/margin": "rewards/margins", "rewards/accuracy": "rewards/accuracies"}
     for name, value in metrics.items():
@@ -307,8 +310,9 @@ def test_simpo_matches_trl_cpo_trainer(label_smoothing):
     trl_loss, trl_metrics = trainer.get_batch_loss_metrics(_fixed_logits_model(theirs_leaf), batch)
 
     config = PreferenceLossConfig("simpo", beta=beta, label_smoothing=label_smoothing, simpo_gamma=gamma)
-    losses, metrics = preference_loss(_our_logps(ours_leaf, batch), config)
-    loss = losses.sum() / num_pairs
+    output = preference_loss(_our_logps(ours_leaf, batch), config)
+    metrics = output.metrics
+    loss = output.loss_sum / output.num_units
 
     assert math.isclose(loss.item(), trl_loss.item(), abs_tol=1e-6)
     trl_loss.backward()
@@ -337,8 +341,9 @@ def test_orpo_matches_trl_orpo_trainer():
     theirs_leaf, ours_leaf = logits.clone().requires_grad_(), logits.clone().requires_grad_()
     trl_loss, trl_metrics = trainer.get_batch_loss_metrics(_fixed_logits_model(theirs_leaf), batch)
 
-    losses, metrics = preference_loss(_our_logps(ours_leaf, batch), PreferenceLossConfig("orpo", beta=beta))
-    loss = losses.sum() / num_pairs
+    output = preference_loss(_our_logps(ours_leaf, batch), PreferenceLossConfig("orpo", beta=beta))
+    metrics = output.metrics
+    loss = output.loss_sum / output.num_units
 
     assert math.isclose(loss.item(), trl_loss.item(), abs_tol=1e-6)
     trl_loss.backward()

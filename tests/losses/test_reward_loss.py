@@ -13,8 +13,14 @@ def test_bradley_terry_matches_hand_derived_values():
     chosen = torch.tensor([2.0, 0.0])
     rejected = torch.tensor([0.0, 0.0])
     # -log sigmoid(x) = log(1 + e^-x): pair 0 has x = 2, pair 1 ties at x = 0 -> log 2.
-    losses, metrics = bradley_terry_loss(chosen, rejected)
-    assert torch.allclose(losses, torch.tensor([math.log1p(math.exp(-2.0)), math.log(2.0)]), atol=1e-7)
+    loss = bradley_terry_loss(chosen, rejected)
+    metrics = loss.metrics
+    assert math.isclose(loss.loss_sum.item(), math.log1p(math.exp(-2.0)) + math.log(2.0), abs_tol=1e-7)
+    assert loss.num_units.item() == 2
+    # Per pair as well: each pair on its own.
+    for i, expected in enumerate([math.log1p(math.exp(-2.0)), math.log(2.0)]):
+        single = bradley_terry_loss(chosen[i : i + 1], rejected[i : i + 1])
+        assert math.isclose(single.loss_sum.item(), expected, abs_tol=1e-7)
     assert metrics["accuracy"].item() == 0.5  # 2 > 0 counts, the tie does not
     assert metrics["margin"].item() == 1.0  # mean of (2, 0)
     assert metrics["reward_chosen"].item() == 1.0
@@ -26,10 +32,14 @@ def test_margin_and_centering_terms_by_hand():
     rejected = torch.tensor([0.0, 0.0])
     margin = torch.tensor([1.0, -1.0])
     # x = chosen - rejected - margin = (1, 1) -> log(1 + e^-1) each; centering adds 0.01 * (c + r)^2 = (0.04, 0).
-    losses, metrics = bradley_terry_loss(chosen, rejected, margin=margin, center_coef=0.01)
+    loss = bradley_terry_loss(chosen, rejected, margin=margin, center_coef=0.01)
     expected = math.log1p(math.exp(-1.0))
-    assert torch.allclose(losses, torch.tensor([expected + 0.04, expected]), atol=1e-7)
-    assert metrics["margin"].item() == 1.0  # the logged margin is the rewards' gap, not the required one
+    for i, pair_loss in enumerate([expected + 0.04, expected]):
+        rows = slice(i, i + 1)
+        single = bradley_terry_loss(chosen[rows], rejected[rows], margin=margin[rows], center_coef=0.01)
+        assert math.isclose(single.loss_sum.item(), pair_loss, abs_tol=1e-7)
+    assert math.isclose(loss.loss_sum.item(), 2 * expected + 0.04, abs_tol=1e-7)
+    assert loss.metrics["margin"].item() == 1.0  # the logged margin is the rewards' gap, not the required one
 
 
 def test_shapes_that_would_broadcast_are_rejected():
@@ -40,8 +50,8 @@ def test_shapes_that_would_broadcast_are_rejected():
 
 
 def test_bf16_rewards_are_reduced_in_fp32():
-    losses, _ = bradley_terry_loss(torch.tensor([1.5], dtype=torch.bfloat16), torch.tensor([0.5], dtype=torch.bfloat16))
-    assert losses.dtype == torch.float32
+    loss = bradley_terry_loss(torch.tensor([1.5], dtype=torch.bfloat16), torch.tensor([0.5], dtype=torch.bfloat16))
+    assert loss.loss_sum.dtype == torch.float32
 
 
 def _trl_reward_loss(chosen, rejected, margin, center_coef):
@@ -78,9 +88,10 @@ def test_bradley_terry_matches_trl_reward_trainer(with_margin, center_coef):
     trl_loss, trl_metrics = _trl_reward_loss(chosen, rejected, margin, center_coef)
     trl_grads = torch.autograd.grad(trl_loss, (chosen, rejected))
 
-    losses, metrics = bradley_terry_loss(chosen, rejected, margin=margin, center_coef=center_coef or 0.0)
-    # The runner sums per-pair losses and divides by the number of pairs.
-    loss = losses.sum() / len(losses)
+    output = bradley_terry_loss(chosen, rejected, margin=margin, center_coef=center_coef or 0.0)
+    metrics = output.metrics
+    # The runner divides the summed loss by the number of pairs.
+    loss = output.loss_sum / output.num_units
     grads = torch.autograd.grad(loss, (chosen, rejected))
 
     assert math.isclose(loss.item(), trl_loss.item(), abs_tol=1e-6)

@@ -12,9 +12,10 @@ def test_cross_entropy_matches_hand_derived_values():
     labels = torch.tensor([[IGNORE_INDEX, 1, 0]])
     # t=0: uniform -> -log(1/2); t=1: p(0) = 3/4 -> -log(3/4). The last position predicts nothing.
     expected = math.log(2.0) - math.log(0.75)
-    loss_sum, metrics = token_cross_entropy(logits, labels)
-    assert math.isclose(loss_sum.item(), expected, rel_tol=1e-6)
-    assert metrics["num_tokens"].item() == 2
+    loss = token_cross_entropy(logits, labels)
+    assert math.isclose(loss.loss_sum.item(), expected, rel_tol=1e-6)
+    assert loss.num_units.item() == 2
+    assert loss.metrics == {}
 
 
 def test_ignored_labels_contribute_nothing_and_chunking_is_exact():
@@ -23,8 +24,8 @@ def test_ignored_labels_contribute_nothing_and_chunking_is_exact():
     labels = torch.randint(0, 11, (3, 9))
     labels[0, :5] = IGNORE_INDEX
     labels[2, 4:] = IGNORE_INDEX
-    whole, _ = token_cross_entropy(logits, labels)
-    chunked, _ = token_cross_entropy(logits, labels, chunk_size=3)
+    whole = token_cross_entropy(logits, labels).loss_sum
+    chunked = token_cross_entropy(logits, labels, chunk_size=3).loss_sum
     per_token = per_token_cross_entropy(logits, labels)
     assert torch.allclose(whole, chunked, atol=1e-6)
     assert torch.allclose(whole, per_token.sum(), atol=1e-5)
@@ -35,8 +36,8 @@ def test_bf16_logits_are_reduced_in_fp32():
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 50)
     labels = torch.randint(0, 50, (2, 6))
-    full, _ = token_cross_entropy(logits, labels)
-    half, _ = token_cross_entropy(logits.bfloat16(), labels)
+    full = token_cross_entropy(logits, labels).loss_sum
+    half = token_cross_entropy(logits.bfloat16(), labels).loss_sum
     assert half.dtype == torch.float32
     assert torch.allclose(full, half, rtol=2e-2)
 
@@ -64,12 +65,15 @@ def test_label_cross_entropy_equals_the_shifted_loss_at_label_positions():
     logits = torch.randn(2, 7, 11, requires_grad=True)
     labels = torch.randint(0, 11, (2, 7))
     labels[0, :3] = IGNORE_INDEX
-    expected, _ = token_cross_entropy(logits, labels)
+    expected_output = token_cross_entropy(logits, labels)
+    expected = expected_output.loss_sum
     keep = labels[:, 1:] != IGNORE_INDEX
-    got = label_cross_entropy(logits[:, :-1][keep], labels[:, 1:][keep])
+    got_output = label_cross_entropy(logits[:, :-1][keep], labels[:, 1:][keep])
+    got = got_output.loss_sum
+    assert got_output.num_units == expected_output.num_units == keep.sum()
     assert torch.allclose(got, expected, atol=1e-5)
     (grad_expected,) = torch.autograd.grad(expected, logits)
     (grad_got,) = torch.autograd.grad(got, logits)
     assert torch.allclose(grad_got, grad_expected, atol=1e-6)
     # bf16 logits are computed in fp32.
-    assert label_cross_entropy(logits[:, :-1][keep].bfloat16(), labels[:, 1:][keep]).dtype == torch.float32
+    assert label_cross_entropy(logits[:, :-1][keep].bfloat16(), labels[:, 1:][keep]).loss_sum.dtype == torch.float32

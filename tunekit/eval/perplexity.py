@@ -32,10 +32,10 @@ def perplexity(
         batch = collate_examples(examples[start : start + batch_size], pad_id)  # input_ids, labels: [B, T]
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(**model_inputs(batch, model)).logits  # [B, T, V]
-        loss_sum, info = token_cross_entropy(logits, batch["labels"])
+        loss = token_cross_entropy(logits, batch["labels"])
         # Summed in float64 on the host: thousands of batches of fp32 sums would otherwise lose digits.
-        total += float(loss_sum)
-        tokens += int(info["num_tokens"])
+        total += float(loss.loss_sum)
+        tokens += int(loss.num_units)
     model.train(was_training)
     nll = total / tokens
     counts = {

@@ -1,8 +1,7 @@
 """Policy-gradient losses: the clipped surrogate shared by PPO and GRPO, its aggregations, and the k3 KL estimator.
 
-Every loss returns ``(loss_sum, num_items, metrics)``. The runner divides ``loss_sum`` by ``num_items`` summed over
-the whole optimizer step (all micro-batches, all processes), so a loss is a mean over the step's units whatever the
-micro-batch split. Metrics are means over this batch's units; the runner averages them with ``num_items`` weights.
+The losses return a :class:`~tunekit.losses.LossOutput` whose unit is the aggregation's (:func:`count_units`); a
+recipe counts a prepared batch's ``num_items`` with the same function before the forward.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from typing import Literal
 
 import torch
 
+from tunekit.losses import LossOutput
 from tunekit.losses.reduce import masked_mean, masked_sum
 
 Aggregation = Literal["token", "sequence", "dr_grpo"]
@@ -55,38 +55,51 @@ def clipped_surrogate(
     return per_token_loss, is_clipped
 
 
+def count_units(mask: torch.Tensor, mode: Aggregation) -> torch.Tensor:
+    """[B, T] mask of valid completion tokens -> [] int64, the number of units ``mode`` averages over.
+
+    ``"token"``: the valid tokens; ``"sequence"`` and ``"dr_grpo"``: the B rows, those without a valid token
+    included. The one rule for both the count a prepared batch carries (``num_items``, which the runner needs
+    before the forward) and the count :func:`aggregate` returns with the loss.
+    """
+    if mode == "token":
+        return mask.sum()
+    if mode in ("sequence", "dr_grpo"):
+        return torch.tensor(mask.shape[0], device=mask.device)
+    raise ValueError(f"unknown aggregation {mode!r}; expected 'token', 'sequence' or 'dr_grpo'")
+
+
 def aggregate(
     per_token: torch.Tensor, mask: torch.Tensor, mode: Aggregation, max_tokens: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reduce a [B, T] per-token loss to ``(loss_sum, num_items)``, both scalars, for one of three standard means.
+) -> LossOutput:
+    """Reduce a [B, T] per-token loss to ``loss_sum`` [] and ``num_units`` [] (no metrics) for one of three means.
 
-    The runner computes ``sum(loss_sum) / sum(num_items)`` over the optimizer step, so each mode picks its unit:
+    The runner computes ``sum(loss_sum) / sum(num_units)`` over the optimizer step, so each mode picks its unit
+    (:func:`count_units`):
 
-    - ``"token"`` (DAPO): unit = valid token. loss_sum = sum of all valid tokens' losses, num_items = their number.
+    - ``"token"`` (DAPO): unit = valid token. loss_sum = sum of all valid tokens' losses, num_units = their number.
       The step's loss is the mean over every valid token of the step, so long completions weigh more in total but
       every token weighs the same, whatever the micro-batch split.
     - ``"sequence"`` (original GRPO): unit = sequence. loss_sum = sum over sequences of each sequence's mean over
-      its own valid tokens, num_items = B. The step's loss is the mean of per-sequence means. A row with no valid
+      its own valid tokens, num_units = B. The step's loss is the mean of per-sequence means. A row with no valid
       token still counts as a sequence (with loss 0), as in TRL.
     - ``"dr_grpo"`` (Dr. GRPO): unit = sequence. loss_sum = sum over sequences of each sequence's *summed* loss
-      divided by the constant ``max_tokens`` (the maximum completion length), num_items = B. Dividing by a constant
+      divided by the constant ``max_tokens`` (the maximum completion length), num_units = B. Dividing by a constant
       rather than by each length removes GRPO's bias towards long wrong answers.
 
     Each mode sums over its units and counts them, so cutting a batch into micro-batches (or processes) and adding
-    up loss_sum and num_items gives exactly the whole batch's mean. Dividing inside each micro-batch would not: a
+    up loss_sum and num_units gives exactly the whole batch's mean. Dividing inside each micro-batch would not: a
     micro-batch with fewer tokens or sequences would weigh as much as a full one.
     """
+    num_units = count_units(mask, mode)
     mask = mask.to(per_token.dtype)
     if mode == "token":
-        return masked_sum(per_token, mask), mask.sum()
-    num_sequences = torch.tensor(float(per_token.shape[0]), dtype=per_token.dtype, device=per_token.device)
+        return LossOutput(masked_sum(per_token, mask), num_units)
     if mode == "sequence":
-        return masked_mean(per_token, mask, dim=1).sum(), num_sequences
-    if mode == "dr_grpo":
-        if not max_tokens or max_tokens < 1:
-            raise ValueError("aggregation 'dr_grpo' needs max_tokens, the maximum completion length (a positive int)")
-        return masked_sum(per_token, mask) / max_tokens, num_sequences
-    raise ValueError(f"unknown aggregation {mode!r}; expected 'token', 'sequence' or 'dr_grpo'")
+        return LossOutput(masked_mean(per_token, mask, dim=1).sum(), num_units)
+    if not max_tokens or max_tokens < 1:
+        raise ValueError("aggregation 'dr_grpo' needs max_tokens, the maximum completion length (a positive int)")
+    return LossOutput(masked_sum(per_token, mask) / max_tokens, num_units)
 
 
 def grpo_loss(
@@ -101,11 +114,11 @@ def grpo_loss(
     kl_beta: float = 0.0,
     aggregation: Aggregation = "token",
     max_tokens: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossOutput:
     """GRPO: the clipped surrogate on group advantages, plus an optional k3 KL penalty to a reference model.
 
-    logps, old_logps, mask, ref_logps: [B, T] over completion tokens; advantages: [B] or [B, T] ->
-    ``(loss_sum, num_items, metrics)``, reduced by :func:`aggregate` with ``aggregation`` and ``max_tokens``.
+    logps, old_logps, mask, ref_logps: [B, T] over completion tokens; advantages: [B] or [B, T] -> a
+    :class:`~tunekit.losses.LossOutput` reduced by :func:`aggregate` with ``aggregation`` and ``max_tokens``.
 
     Per token: ``clipped surrogate + kl_beta * k3_kl(logps, ref_logps)``. Metrics (detached scalars, means over
     this batch's valid tokens): "clip_fraction" (tokens whose gradient the clip removed), "ratio_mean", and "kl"
@@ -121,8 +134,8 @@ def grpo_loss(
         metrics["kl"] = masked_mean(kl, mask).detach()
         if kl_beta != 0.0:
             per_token = per_token + kl_beta * kl
-    loss_sum, num_items = aggregate(per_token, mask, aggregation, max_tokens)
-    return loss_sum, num_items, metrics
+    reduced = aggregate(per_token, mask, aggregation, max_tokens)
+    return LossOutput(reduced.loss_sum, reduced.num_units, metrics)
 
 
 def ppo_losses(
@@ -139,12 +152,12 @@ def ppo_losses(
     value_coef: float,
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossOutput:
     """Token-level PPO: clipped policy loss + value_coef * clipped value loss - entropy_coef * entropy.
 
     All inputs [B, T] (advantages and returns from :func:`tunekit.losses.advantages.gae`, already whitened if
-    wanted) -> ``(loss_sum, num_items, metrics)`` with num_items = valid tokens, so the step's loss is a mean over
-    all its valid tokens.
+    wanted) -> a :class:`~tunekit.losses.LossOutput` whose units are the valid tokens, so the step's loss is a mean
+    over all its valid tokens.
 
     The value loss is ``0.5 * max((v - R)^2, (clip(v, old_v - value_clip, old_v + value_clip) - R)^2)``: the value
     head may not move further than ``value_clip`` from its rollout value for free, the same trust region the
@@ -160,7 +173,7 @@ def ppo_losses(
     per_token = policy_loss + value_coef * value_loss
     if entropy is not None:
         per_token = per_token - entropy_coef * entropy
-    loss_sum, num_items = aggregate(per_token, mask, "token")
+    reduced = aggregate(per_token, mask, "token")
     metrics = {
         "policy_loss": masked_mean(policy_loss, mask).detach(),
         "value_loss": masked_mean(value_loss, mask).detach(),
@@ -170,4 +183,4 @@ def ppo_losses(
     }
     if entropy is not None:
         metrics["entropy"] = masked_mean(entropy, mask).detach()
-    return loss_sum, num_items, metrics
+    return LossOutput(reduced.loss_sum, reduced.num_units, metrics)

@@ -1,7 +1,8 @@
 """Direct preference losses (the DPO family) on per-sequence log-probs of chosen/rejected pairs.
 
-Each loss type is one small function ``(PairLogps, PreferenceLossConfig) -> (losses [B], extra metrics)``;
-``preference_loss`` looks the type up in ``PREFERENCE_LOSSES`` and adds the metrics every type shares. Numbers match
+Each loss type is one small function ``(PairLogps, PreferenceLossConfig) -> (per-pair losses [B], extra metrics)``;
+``preference_loss`` looks the type up in ``PREFERENCE_LOSSES``, sums over the pairs into a
+:class:`~tunekit.losses.LossOutput` and adds the metrics every type shares. Numbers match
 TRL 1.16: DPOTrainer for sigmoid / ipo / hinge / robust, CPOTrainer (loss_type="simpo", cpo_alpha=0) for simpo and
 ORPOTrainer for orpo (see the notes on each function for the conventions that differ between those trainers).
 """
@@ -15,6 +16,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from tunekit.losses import LossOutput
 
 LossType = Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"]
 
@@ -179,10 +182,10 @@ PREFERENCE_LOSSES: dict[str, LossFn] = {
 }
 
 
-def preference_loss(logps: PairLogps, config: PreferenceLossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-pair losses [B] of ``config.loss_type`` and per-batch mean metrics.
+def preference_loss(logps: PairLogps, config: PreferenceLossConfig) -> LossOutput:
+    """The ``config.loss_type`` loss summed over the B pairs (``num_units`` = B), and per-batch mean metrics.
 
-    The caller sums the losses and divides by the number of pairs in the optimizer step. Metrics (detached scalars):
+    The runner divides by the number of pairs in the optimizer step. Metrics (detached scalars, means over pairs):
     "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy" for the implicit reward, which is
     beta * (policy - reference) summed log-probs for reference-based types and beta * per-token average log-prob
     for reference-free ones; "logps/chosen", "logps/rejected", the policy log-probs those rewards are built from
@@ -217,4 +220,4 @@ def preference_loss(logps: PairLogps, config: PreferenceLossConfig) -> tuple[tor
             "logps/rejected": rejected_logps.mean(),
             **extra,
         }
-    return losses, metrics
+    return LossOutput(losses.sum(), torch.tensor(len(losses), device=losses.device), metrics)

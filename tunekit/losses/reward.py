@@ -5,22 +5,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tunekit.losses import LossOutput
+
 
 def bradley_terry_loss(
     chosen: torch.Tensor,
     rejected: torch.Tensor,
     margin: torch.Tensor | None = None,
     center_coef: float = 0.0,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-pair negative log-likelihood that the chosen completion beats the rejected one.
+) -> LossOutput:
+    """Negative log-likelihood that the chosen completion beats the rejected one, summed over pairs.
 
     chosen, rejected: [B] scalar rewards of the two completions of each pair; margin: [B] or None, a required gap
-    (e.g. from graded human ratings) that the chosen reward must clear. Returns ``(losses [B], metrics)`` with
+    (e.g. from graded human ratings) that the chosen reward must clear. Returns a
+    :class:`~tunekit.losses.LossOutput` whose unit is the pair: ``loss_sum`` is the sum over the B pairs of
 
-        losses = -log sigmoid(chosen - rejected - margin) + center_coef * (chosen + rejected) ** 2
+        -log sigmoid(chosen - rejected - margin) + center_coef * (chosen + rejected) ** 2
 
-    The caller sums the losses and divides by the number of pairs in the optimizer step, so the step's loss is the
-    mean over pairs: the same number as TRL's RewardTrainer with ``center_rewards_coefficient=center_coef``, whose
+    and ``num_units`` = B. The runner divides by the number of pairs in the optimizer step, so the step's loss is
+    the mean over pairs: the same number as TRL's RewardTrainer with ``center_rewards_coefficient=center_coef``, whose
     centering term is ``coef * mean((chosen + rejected) ** 2)`` over the batch (Eisenstein et al. 2023, eq. 2).
 
     Metrics are per-batch means (detached scalars): "accuracy" (chosen > rejected), "margin" (chosen - rejected,
@@ -48,4 +51,4 @@ def bradley_terry_loss(
             "reward_chosen": chosen.mean(),
             "reward_rejected": rejected.mean(),
         }
-    return losses, metrics
+    return LossOutput(losses.sum(), torch.tensor(len(losses), device=losses.device), metrics)

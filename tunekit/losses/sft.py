@@ -5,19 +5,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tunekit.losses import LossOutput
 from tunekit.losses.reduce import label_log_softmax
 
 IGNORE_INDEX = -100
 
 
-def token_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 4096
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Summed next-token cross-entropy and the number of tokens it covers.
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 4096) -> LossOutput:
+    """Next-token cross-entropy summed over the label tokens, the unit (no metrics).
 
     logits: [B, T, V] (any float dtype); labels: [B, T] with IGNORE_INDEX where no loss is taken. Position t
-    predicts labels[t + 1]. Returns ``(loss_sum, {"num_tokens": n})``; the caller divides by the token count of
-    the whole optimizer step, so that micro-batches of any size weigh each token equally.
+    predicts labels[t + 1]. ``loss_sum`` [] (fp32) sums over the label tokens, ``num_units`` [] counts them; the
+    runner divides by the token count of the whole optimizer step, so that micro-batches of any size weigh each
+    token equally.
 
     The loss is computed in fp32 over chunks of ``chunk_size`` positions, so a bf16 model never needs an fp32
     copy of the whole [B, T, V] logits tensor.
@@ -31,7 +31,7 @@ def token_cross_entropy(
     for start in range(0, flat_labels.numel(), chunk_size):
         chunk = flat_logits[start : start + chunk_size].float()
         total = total + F.cross_entropy(chunk, flat_labels[start : start + chunk_size], reduction="sum")
-    return total, {"num_tokens": keep.sum()}
+    return LossOutput(total, keep.sum())
 
 
 def per_token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -42,10 +42,11 @@ def per_token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch
     return losses
 
 
-def label_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of logits already taken at label positions only: [K, V], [K] -> scalar (fp32).
+def label_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> LossOutput:
+    """Cross-entropy of logits already taken at label positions only, summed over the K labels: [K, V], [K] ->
+    ``loss_sum`` [] (fp32), ``num_units`` [] = K, no metrics.
 
     The padding-free counterpart of :func:`token_cross_entropy`: no shifting, no ignored rows, and the logits of
     positions without a label were never computed.
     """
-    return -label_log_softmax(logits, targets).sum()
+    return LossOutput(-label_log_softmax(logits, targets).sum(), torch.tensor(targets.numel(), device=targets.device))

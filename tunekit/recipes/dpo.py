@@ -29,9 +29,18 @@ from tunekit.models.logprobs import sequence_logps
 from tunekit.models.policy import build_policy
 from tunekit.models.reference import ReferencePolicy
 from tunekit.models.reference_logps import precompute_reference
-from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
+from tunekit.recipes.common import (
+    RecipeConfig,
+    final_saver,
+    parse_args,
+    run_command,
+    run_spec,
+    say,
+    start_run,
+    use_fast_paths,
+)
 from tunekit.train.runner import RunResult, train
-from tunekit.train.spec import TrainConfig
+from tunekit.train.spec import TrainConfig, step_result
 
 
 def _dpo_train() -> TrainConfig:
@@ -71,8 +80,7 @@ def dpo_step(
         ref_sums, _ = reference.run(model, lambda m: sequence_logps(m, batch))
         ref_chosen, ref_rejected = ref_sums.chunk(2)
     logps = PairLogps(chosen, rejected, chosen_tokens, rejected_tokens, ref_chosen, ref_rejected)
-    losses, metrics = preference_loss(logps, loss_config)
-    return losses.sum(), metrics
+    return step_result(preference_loss(logps, loss_config), batch)
 
 
 def check_reference_setting(config: DPOConfig) -> None:
@@ -95,6 +103,7 @@ def run(config: DPOConfig) -> RunResult:
     collate = partial(collate_pairs, pad_id=tokenizer.pad_token_id, pad_to_multiple_of=config.train.pad_to_multiple_of)
 
     model = build_policy(config.model, reference_adapter=config.loss.loss_type not in REFERENCE_FREE)
+    use_fast_paths(model, config)
     counts = count_parameters(model)
     say(f"policy: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
     reference = None if config.loss.loss_type in REFERENCE_FREE else ReferencePolicy.for_policy(model)

@@ -22,9 +22,18 @@ from tunekit.losses.reward import bradley_terry_loss
 from tunekit.models.adapters import apply_adapter, check_adapter_use, count_parameters
 from tunekit.models.load import load_model, load_tokenizer
 from tunekit.models.reward import last_token_scores
-from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
+from tunekit.recipes.common import (
+    RecipeConfig,
+    final_saver,
+    parse_args,
+    run_command,
+    run_spec,
+    say,
+    start_run,
+    use_fast_paths,
+)
 from tunekit.train.runner import RunResult, train
-from tunekit.train.spec import TrainConfig
+from tunekit.train.spec import TrainConfig, step_result
 
 
 @dataclass
@@ -49,8 +58,7 @@ def reward_step(model: torch.nn.Module, batch: dict[str, Any], center_coef: floa
     """Summed Bradley-Terry loss over the batch's pairs (chosen rows first, then rejected)."""
     scores = last_token_scores(model, batch["input_ids"], batch["attention_mask"])
     chosen, rejected = scores.chunk(2)
-    losses, metrics = bradley_terry_loss(chosen, rejected, batch["margin"], center_coef)
-    return losses.sum(), metrics
+    return step_result(bradley_terry_loss(chosen, rejected, batch["margin"], center_coef), batch)
 
 
 def pair_scores(model: torch.nn.Module, pairs: list[PairExample], collate: Any, batch_size: int) -> torch.Tensor:
@@ -66,9 +74,8 @@ def pair_scores(model: torch.nn.Module, pairs: list[PairExample], collate: Any, 
 
 def pairwise_metrics(scores: torch.Tensor, margins: torch.Tensor, center_coef: float) -> dict[str, float]:
     """Held-out loss, pairwise accuracy, mean margin and the mean/std of all rewards, from [N, 2] scores."""
-    losses, _ = bradley_terry_loss(scores[:, 0], scores[:, 1], margins, center_coef)
     return {
-        "loss": losses.mean().item(),
+        "loss": bradley_terry_loss(scores[:, 0], scores[:, 1], margins, center_coef).mean().item(),
         "accuracy": (scores[:, 0] > scores[:, 1]).float().mean().item(),
         "margin": (scores[:, 0] - scores[:, 1]).mean().item(),
         "reward_mean": scores.mean().item(),
@@ -89,6 +96,7 @@ def run(config: RewardConfig) -> RunResult:
     model = apply_adapter(
         model, config.model.adapter, head="score", gradient_checkpointing=config.model.gradient_checkpointing
     )
+    use_fast_paths(model, config)
     counts = count_parameters(model)
     say(f"model: {config.model.path} + score head, {counts['trainable']:,} of {counts['total']:,} parameters trained")
     center = config.loss.center_coef

@@ -25,6 +25,7 @@ from tunekit.models.load import load_model, load_tokenizer
 from tunekit.models.logprobs import causal_lm_logits, label_logits
 from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
 from tunekit.train.runner import RunResult, train
+from tunekit.train.spec import step_result
 
 
 @dataclass
@@ -36,10 +37,9 @@ def sft_step(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tenso
     """Summed next-token loss over the batch's label tokens."""
     if "seq_lens" in batch:  # padding-free: logits only where there is a label
         logits, targets, _ = label_logits(model, batch)
-        return label_cross_entropy(logits, targets), {}
+        return step_result(label_cross_entropy(logits, targets), batch)
     logits = causal_lm_logits(model, model_inputs(batch, model))
-    loss_sum, _ = token_cross_entropy(logits, batch["labels"])
-    return loss_sum, {}
+    return step_result(token_cross_entropy(logits, batch["labels"]), batch)
 
 
 def run(config: SFTConfig, synthetic_rows: synthetic.Generator = synthetic.sft_examples) -> RunResult:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 
 from tunekit.losses.advantages import equal_reward_groups, group_advantages
-from tunekit.losses.policy import Aggregation, grpo_loss
+from tunekit.losses.policy import Aggregation, count_units, grpo_loss
 from tunekit.models.logprobs import token_logps
 from tunekit.models.reference import ReferencePolicy
 from tunekit.rl.rewards import compute_rewards
@@ -16,6 +16,7 @@ from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import TaskMetric
 from tunekit.train.rng import seeded_rng
+from tunekit.train.spec import step_result
 
 
 @dataclass
@@ -92,22 +93,17 @@ class GRPOTrainer:
                 if self.reference is not None and loss.kl_beta > 0:
                     tensors["ref_logps"] = self.reference.run(model, lambda m, t=tensors: token_logps(m, t)[0])
             mask = tensors["labels"][:, 1:] != -100
-            tensors["num_items"] = self._num_items(mask)
+            tensors["num_items"] = count_units(mask, loss.aggregation)
             tensors["metrics"] = self._rollout_metrics(rollout, total, per_source)
             prepared.append(tensors)
             if k == 0 and self.samples.due(step):
                 self.samples.write(step, rollout, total, rows=2 * group, score_name="reward")
         return prepared
 
-    def _num_items(self, mask: torch.Tensor) -> torch.Tensor:
-        if self.config.loss.aggregation == "token":
-            return mask.sum()
-        return torch.tensor(mask.shape[0])
-
     def step(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         logps, mask, entropy = token_logps(model, batch, entropy=True)
         old = batch.get("old_logps", logps.detach())
-        loss_sum, _, metrics = grpo_loss(
+        output = grpo_loss(
             logps,
             old,
             batch["advantages"],
@@ -119,6 +115,7 @@ class GRPOTrainer:
             aggregation=self.config.loss.aggregation,
             max_tokens=self.config.sampling.max_new_tokens,
         )
+        loss_sum, metrics = step_result(output, batch)
         metrics["entropy"] = (entropy.sum() / mask.sum().clamp(min=1)).detach()
         return loss_sum, {**metrics, **batch["metrics"]}
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tunekit.losses.advantages import gae
-from tunekit.losses.policy import ppo_losses
+from tunekit.losses.policy import count_units, ppo_losses
 from tunekit.losses.reduce import masked_mean, masked_whiten, selective_log_softmax
 from tunekit.models.logprobs import token_logps
 from tunekit.rl.rewards import compute_rewards
@@ -31,6 +31,7 @@ from tunekit.rl.rollout import PromptExample, Rollout, generate_rollout, rollout
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import TaskMetric
 from tunekit.train.rng import seeded_rng
+from tunekit.train.spec import step_result
 
 
 @dataclass
@@ -208,14 +209,14 @@ class PPOTrainer:
         rows = order[m * n // self.loss.minibatches : (m + 1) * n // self.loss.minibatches]
         rows = rows.to(experience["input_ids"].device)
         minibatch = {key: v[rows] if isinstance(v, torch.Tensor) else v for key, v in experience.items()}
-        minibatch["num_items"] = (minibatch["labels"][:, 1:] != -100).sum()
+        minibatch["num_items"] = count_units(minibatch["labels"][:, 1:] != -100, "token")
         return [minibatch]
 
     # --------------------------------------------------------------------------------------------- training
     def step(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         logps, mask, entropy = self._actor_logps(model, batch)
         values = self.roles.values(model, batch)
-        loss_sum, _, metrics = ppo_losses(
+        output = ppo_losses(
             logps,
             batch["old_logps"],
             batch["advantages"],
@@ -229,6 +230,7 @@ class PPOTrainer:
             entropy=entropy,
             entropy_coef=self.loss.entropy_coef,
         )
+        loss_sum, metrics = step_result(output, batch)
         if model.training:
             self.state["last_approx_kl"] = _global_mean(metrics["approx_kl"].reshape(1))
         return loss_sum, {**metrics, **batch.get("metrics", {})}

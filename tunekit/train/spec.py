@@ -2,6 +2,10 @@
 
 Kept apart from the loop itself so that the runner's helpers (optimizer, evaluation) can name these types without
 importing the runner.
+
+A step function is ``step(model, batch) -> (loss_sum, metrics)``: ``loss_sum`` summed over the batch's
+``batch["num_items"]`` units, ``metrics`` per-batch means (see :mod:`tunekit.losses` for the units and
+:func:`step_result` for turning a loss's output into this pair).
 """
 
 from __future__ import annotations
@@ -14,8 +18,23 @@ from typing import Any, Literal
 import torch
 
 from tunekit.errors import require
+from tunekit.losses import LossOutput
 
 StepFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
+
+
+def step_result(output: LossOutput, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A step function's ``(loss_sum, metrics)`` from its loss's output on ``batch``.
+
+    The runner scaled the step's backward by the units the batches declared (``batch["num_items"]``) before the
+    forward; a loss that covered a different number would silently reweight the step, so the two must agree.
+    """
+    if float(output.num_units) != float(batch["num_items"]):
+        raise RuntimeError(
+            f"the loss covers {float(output.num_units):g} units but the batch declared num_items="
+            f"{float(batch['num_items']):g}; the collate function (or prepare) and the loss count different units"
+        )
+    return output.loss_sum, output.metrics
 
 
 @dataclass
@@ -48,7 +67,7 @@ class TrainConfig:
     # Autocast compute precision; the stored weights keep model.dtype.
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     # torch.compile each transformer block for the training forward and backward, and the rollouts' decode step
-    # (see tunekit/models/compiled.py): faster steps once the first few have paid for compilation (tens of
+    # (see tunekit/fast/compiled.py): faster steps once the first few have paid for compilation (tens of
     # seconds). Not with FSDP or ZeRO-3.
     compile: bool = False
     # Write a metrics.jsonl line every this many optimizer steps; evaluation steps, the last step, loss spikes and
