@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 
 from tunekit.errors import ConfigError
+from tunekit.fast import enable_fast_paths
 from tunekit.models.adapters import check_mergeable
 from tunekit.models.load import ModelConfig, adapter_dir, load_model
 from tunekit.models.reward import is_reward_adapter
@@ -46,11 +47,13 @@ def load_eval_model(config: ModelConfig, device: str, path: str | None = None) -
     """``config``'s model (or the one at ``path`` with the same settings) in eval mode on ``device``.
 
     An adapter directory is loaded onto the base it records and merged (``load_model``), so an adapter run's
-    final/ and its merged export evaluate alike.
+    final/ and its merged export evaluate alike. The fast paths ``config.fast_paths`` allows are turned on
+    (:func:`tunekit.fast.fast_paths_of` tells which).
     """
     # Another model (an opponent) shares dtype and quantisation, not the revision pinned for model.path.
     model = load_model(replace(config, path=path, revision=None) if path is not None else config).eval()
     # A bitsandbytes-quantized model is already placed where it runs and cannot be moved.
     if config.quantization == "none":
         model = model.to(device)
+    enable_fast_paths(model, config.fast_paths, generates=True)
     return model

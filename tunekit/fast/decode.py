@@ -16,8 +16,9 @@ When the run compiled its blocks (``train.compile``), the per-token step is comp
 paid for in per-operator overhead, which inductor's fused loops remove.
 
 That is only valid for models whose attention is exactly LLaMA's (rotary q/k, grouped keys and values, no
-sliding window within the rollout's length) and whose adapters live inside linear layers.
-:func:`lean_decoder` says whether a model qualifies; ``generate_rollout`` falls back to ``generate`` otherwise.
+sliding window within the rollout's length) and whose adapters live inside linear layers. :func:`unsupported`
+says why a model does not qualify; :func:`rollout_decoder` picks this loop for a rollout when the own-decoder
+fast path is on and the model qualifies, and ``generate_rollout`` uses ``generate`` otherwise. Any device.
 
 Shapes: P prompts, G completions each, N = P * G rows (prompt p owns rows ``[p * G, (p + 1) * G)``), W prompt
 columns (left-padded), M = max_new_tokens, D the head dimension.
@@ -283,8 +284,8 @@ def compiled_step() -> Callable[..., torch.Tensor]:
     The KV length is what changes from step to step: dynamo's automatic dynamic shapes make it symbolic from the
     second step on, and :func:`decode` marks the cache's capacity dynamic, so a rollout costs two compilations and
     later rollouts with the same row count none. The row count stays static (a new one compiles its own graph):
-    symbolic rows multiply the compile time of this graph several times over (about 300 s against 40 s for the
-    benchmark model on two CPU cores).
+    symbolic rows multiply the compile time of this graph several times over, far more than one graph per row
+    count costs in a run, whose rollouts mostly share one row count.
     """
     global _COMPILED_STEP
     if _COMPILED_STEP is None:

@@ -3,9 +3,9 @@
 A training forward needs logits only where there is a label (:func:`tunekit.models.logprobs.logits_at`): about 60%
 of the tokens of GSM8K SFT, fewer where prompts are long. Every layer but the last must still run at every token,
 because later tokens read its keys and values. The last layer's keys and values are needed at every token too,
-but its query projection, attention, output projection and MLP only at the rows whose logits are kept. For the
-issue 8 benchmark model that is 2.6M of the layer's 2.9M weights, skipped at ~40% of the tokens in both the forward
-and the backward: about 4% of an SFT step's FLOPs.
+but its query projection, attention, output projection and MLP only at the rows whose logits are kept: most of
+the layer's weights, skipped at every token without a label, in the forward and the backward. A CPU path: on a
+GPU the whole layer keeps its one-call flash varlen attention.
 
 :func:`install` wraps the last layer of a LLaMA, Mistral or Qwen2 model; the wrapped layer runs as before unless
 the forward is given ``keep_rows`` [U] (sorted, distinct flat indices into the padding-free row), and then returns

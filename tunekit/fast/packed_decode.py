@@ -18,8 +18,8 @@ def packed_linears(model: torch.nn.Module, rows: int) -> dict[Projections, Proje
     """oneDNN-packed fp32 weights for the decode steps of ``model`` on the CPU; {} elsewhere.
 
     At a few rows a step, torch's default CPU matmul reads the weights at a fraction of the memory's rate; oneDNN's
-    inner product on weights reordered once for ``rows`` rows is about twice as fast here
-    (``benchmarks/decode_floor.py``). A plain LoRA layer is packed with its update merged in, ``W + s * B @ A``,
+    inner product on weights reordered once for ``rows`` rows reads them faster (``benchmarks/decode_floor.py``
+    measures both). A plain LoRA layer is packed with its update merged in, ``W + s * B @ A``,
     which also saves its two adapter matmuls a step, and projections of the same input (q, k and v; gate and up)
     are packed as one matrix. The copies live for one rollout (the adapter changes between rollouts); layers of
     other kinds (DoRA, IA3, 4-bit, other dtypes) keep their own forward.

@@ -61,11 +61,10 @@ def logits_at(
         "use_cache": False,
     }
     if _takes_logits_to_keep(model):
-        # On the CPU the last layer runs at the needed rows only. A GPU keeps the whole layer and with it the
-        # one-call flash attention of tunekit.fast.flash_varlen: the trimmed layer's per-example attention is
-        # not measured there. Each needed row is computed once (a shared prompt's last token may predict several
-        # labels), and the output head picks them up in the order asked for.
-        if last_layer.installed(model) and positions.numel() and positions.device.type == "cpu":
+        # With the trimmed-last-layer fast path (a CPU path) the last layer runs at the needed rows only. Each
+        # needed row is computed once (a shared prompt's last token may predict several labels), and the output
+        # head picks them up in the order asked for.
+        if last_layer.installed(model) and positions.numel():
             rows, order = torch.unique(positions, sorted=True, return_inverse=True)
             inputs[last_layer.KEEP_ROWS] = rows
             positions = order

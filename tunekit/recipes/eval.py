@@ -32,6 +32,7 @@ from tunekit.eval.tasks import (
     selected_tasks,
     win_rate,
 )
+from tunekit.fast import fast_paths_of
 from tunekit.models.load import ModelConfig, load_tokenizer
 from tunekit.recipes.common import parse_args, run_command, say
 from tunekit.rl.rewards import load_reward_sources
@@ -113,7 +114,9 @@ def run(config: EvalConfig) -> EvalResult:
 
     set_seed(config.seed)
     model = load_eval_model(config.model, device)
-    say(f"model: {config.model.path} on {device}")
+    paths = fast_paths_of(model)
+    config.model.fast_paths = paths.resolved(config.model.fast_paths)  # what config.yaml records
+    say(f"model: {config.model.path} on {device}; {paths.summary()}")
     results = {}
     generations = None
     if generating:
