@@ -8,8 +8,8 @@ from tunekit.data.collate import collate_examples, collate_padding_free, model_i
 from tunekit.data.packing import pack_examples
 from tunekit.data.sft import IGNORE_INDEX, DataConfig, tokenize_rows
 from tunekit.data.sources import Rows
-from tunekit.losses.sft import label_cross_entropy, token_cross_entropy
 from tunekit.fast import FastPathConfig, enable_fast_paths
+from tunekit.losses.sft import label_cross_entropy, token_cross_entropy
 from tunekit.models.logprobs import label_logits
 
 

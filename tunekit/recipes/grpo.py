@@ -30,6 +30,7 @@ from tunekit.recipes.common import (
     say,
     say_held_out_outcome,
     start_run,
+    use_fast_paths,
 )
 from tunekit.rl.grpo import GRPOLossConfig, GRPOTrainer
 from tunekit.rl.rewards import RewardSource, check_reward_columns, load_reward_function
@@ -108,6 +109,7 @@ def run(config: GRPOConfig) -> RunResult:
         f"completions each; task metric: {task.name if task else 'none'}"
     )
     model = build_policy(config.model, reference_adapter=config.loss.kl_beta > 0)
+    use_fast_paths(model, config, generates=True)
     counts = count_parameters(model)
     say(f"policy: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
     reference = ReferencePolicy.for_policy(model) if config.loss.kl_beta > 0 else None

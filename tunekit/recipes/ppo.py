@@ -30,6 +30,7 @@ from tunekit.recipes.common import (
     say,
     say_held_out_outcome,
     start_run,
+    use_fast_paths,
 )
 from tunekit.rl.ppo import PPOLossConfig, PPOTrainer
 from tunekit.rl.rewards import RewardSource, check_reward_columns, load_reward_function
@@ -146,6 +147,7 @@ def run(config: PPOConfig) -> RunResult:
     say(f"data: {len(prompts)} prompts, {len(eval_prompts)} held out; task metric: {task.name if task else 'none'}")
     model = build_policy(config.model, reference_adapter=True)
     roles = SharedRoles(model, config.critic, config.reward_model)
+    use_fast_paths(model, config, generates=True)
     counts = count_parameters(model)
     say(
         f"actor, critic, reference and reward on one base: {counts['total']:,} parameters, "

@@ -19,11 +19,19 @@ from tunekit.data.collate import collate_examples, collate_packed, collate_paddi
 from tunekit.data.packing import pack_examples
 from tunekit.data.sft import DataConfig, load_sft_data
 from tunekit.losses.sft import label_cross_entropy, token_cross_entropy
-from tunekit.fast import varlen
 from tunekit.models.adapters import apply_adapter, check_adapter_use, count_parameters
 from tunekit.models.load import load_model, load_tokenizer
 from tunekit.models.logprobs import causal_lm_logits, label_logits
-from tunekit.recipes.common import RecipeConfig, final_saver, parse_args, run_command, run_spec, say, start_run
+from tunekit.recipes.common import (
+    RecipeConfig,
+    final_saver,
+    parse_args,
+    run_command,
+    run_spec,
+    say,
+    start_run,
+    use_fast_paths,
+)
 from tunekit.train.runner import RunResult, train
 from tunekit.train.spec import step_result
 
@@ -65,7 +73,8 @@ def run(config: SFTConfig, synthetic_rows: synthetic.Generator = synthetic.sft_e
     model = apply_adapter(model, config.model.adapter, gradient_checkpointing=config.model.gradient_checkpointing)
     counts = count_parameters(model)
     say(f"model: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
-    if config.data.padding_free and varlen.enable(model):
+    paths = use_fast_paths(model, config)
+    if config.data.padding_free and paths.uses("padding-free"):
         # Same examples per batch, same loss; no padding, and each example's attention stays its own.
         collate = collate_padding_free
     spec = run_spec(
