@@ -24,6 +24,7 @@ from workload import grpo_data_config, model_path, workload  # noqa: E402
 
 from tunekit.config import from_dict  # noqa: E402
 from tunekit.data.prompts import PromptDataConfig, load_prompts  # noqa: E402
+from tunekit.fast import FastPathConfig, enable_fast_paths  # noqa: E402
 from tunekit.fast.decode import Sampler, decode, lean_decoder  # noqa: E402
 from tunekit.fast.packed_decode import packed_linears  # noqa: E402
 from tunekit.models.adapters import AdapterConfig, apply_adapter  # noqa: E402
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts, _ = load_prompts(from_dict(PromptDataConfig, grpo_data_config(work)), tokenizer, work.seed)
     model = load_model(ModelConfig(path=work.model)).to(args.device)
     model = apply_adapter(model, AdapterConfig(r=work.lora_r, alpha=work.lora_alpha)).eval()
+    enable_fast_paths(model, FastPathConfig())  # what a GRPO run turns on, both ways measured with it
     ends = rollout.end_token_ids(model, tokenizer)  # the rollout's own end tokens, for both ways
     torch.manual_seed(0)
     with torch.no_grad():
