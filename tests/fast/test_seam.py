@@ -1,5 +1,4 @@
-"""The seam in front of the fast paths: one entry point, one switch per path, reasons for what stays off, and the
-private internals the paths rely on checked against the installed libraries."""
+"""The seam in front of the fast paths: one entry point, one switch per path, reasons for what stays off."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import pytest
 import torch
 
 from tunekit.data.prompts import PromptExample
-from tunekit.fast import PATHS, PLAIN, FastPathConfig, enable_fast_paths, fast_paths_of, internals, varlen
+from tunekit.fast import PATHS, PLAIN, FastPathConfig, enable_fast_paths, fast_paths_of, varlen
 from tunekit.models.adapters import AdapterConfig, apply_adapter
 from tunekit.models.load import ModelConfig, load_model
 from tunekit.models.tiny import tiny_model_path
@@ -26,33 +25,6 @@ def lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     from peft.tuners.lora.layer import Linear
 
     return [m for m in model.modules() if type(m) is Linear]
-
-
-def test_the_internals_the_paths_rely_on_hold_on_the_installed_libraries():
-    broken = internals.broken_assumptions()
-    versions = {name: internals.installed_version(name) for name in internals.TESTED}
-    assert not broken, f"installed {versions}, tested {internals.TESTED}: {broken}"
-
-
-def test_a_changed_peft_forward_breaks_the_lean_lora_assumption(monkeypatch):
-    from peft.tuners.lora.layer import Linear
-
-    real = Linear.forward
-    monkeypatch.setattr(Linear, "forward", lambda self, x, *a, **k: real(self, x, *a, **k) * 2)
-    assert not internals._lean_lora_matches_peft()
-
-
-def test_a_broken_assumption_turns_its_path_off_and_says_which_library(monkeypatch):
-    failing = internals.Assumption("lean-lora", "peft", "something peft no longer has", lambda: False)
-    monkeypatch.setattr(internals, "ASSUMPTIONS", (failing,))
-    internals.broken_assumptions.cache_clear()
-    try:
-        paths = enable_fast_paths(adapted(), FastPathConfig())
-    finally:
-        internals.broken_assumptions.cache_clear()
-    assert "lean-lora" not in paths.on
-    assert "peft" in paths.off["lean-lora"] and "tested with peft" in paths.off["lean-lora"]
-    assert "padding-free" in paths.on  # the other paths are untouched
 
 
 def test_every_path_turns_on_for_lora_on_a_llama_model():

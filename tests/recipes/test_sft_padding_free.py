@@ -29,8 +29,8 @@ def losses(out, *extra):
     ],
 )
 def test_padding_free_losses_equal_padded_losses(tmp_path, layout):
-    padded = losses(tmp_path / "padded", *layout, "data.padding_free=false")
-    free = losses(tmp_path / "free", *layout, "data.padding_free=true")
+    padded = losses(tmp_path / "padded", *layout, "model.fast_paths.padding_free=false")
+    free = losses(tmp_path / "free", *layout, "model.fast_paths.padding_free=true")
     assert len(free) == 3
     # Plain SGD updates linearly in the gradient, so rounding differences stay rounding differences.
     assert free == pytest.approx(padded, rel=1e-4)

@@ -34,11 +34,6 @@ class DataConfig(SourceConfig):
     train_on_prompt: bool = False
     # Pack several examples into one row of max_length tokens; they never attend across their borders.
     packing: bool = False
-    # Lay each batch's examples (or packed rows) end to end in one row with no padding, each example attending
-    # only to itself; the head (and on the CPU the last layer) runs only where there is a label. Same loss, less
-    # work. Used where the model allows it (sdpa attention; adapters that add virtual tokens do not), else batches
-    # are padded.
-    padding_free: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -74,7 +74,7 @@ def run(config: SFTConfig, synthetic_rows: synthetic.Generator = synthetic.sft_e
     counts = count_parameters(model)
     say(f"model: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
     paths = use_fast_paths(model, config)
-    if config.data.padding_free and paths.uses("padding-free"):
+    if paths.uses("padding-free"):
         # Same examples per batch, same loss; no padding, and each example's attention stays its own.
         collate = collate_padding_free
     spec = run_spec(
