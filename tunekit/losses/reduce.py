@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,12 +20,32 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return masked_sum(values, mask, dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Normalise ``values`` to unit variance (and zero mean if ``shift_mean``) over the masked positions."""
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+def masked_whiten(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    sum_across: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Normalise ``values`` to unit variance (and zero mean if ``shift_mean``) over the masked positions.
+
+    values, mask: [...] (mask broadcastable) -> [...]; masked-out positions are shifted and scaled like the rest
+    (multiply by the mask to zero them). ``sum_across`` sums the statistics over the data held elsewhere, e.g.
+    every process's share (:func:`tunekit.train.engines.all_reduce_sum`); without it the statistics are this
+    tensor's alone. The variance is the mean squared deviation from the (global) mean, two passes rather than
+    E[x^2] - mean^2, which cancels catastrophically when the mean is large against the spread.
+    """
+    total = sum_across if sum_across is not None else _identity
+    m = mask.to(values.dtype)
+    sums = total(torch.stack([masked_sum(values, m), m.sum()]))
+    count = sums[1].clamp(min=1)
+    mean = sums[0] / count
+    var = total(masked_sum((values - mean) ** 2, m)) / count
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     return whitened if shift_mean else whitened + mean
+
+
+def _identity(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -82,8 +82,6 @@ class GRPOConfig(RLRecipeConfig):
 def check_config(config: GRPOConfig) -> None:
     if config.sampling.num_generations < 2:
         raise ConfigError("sampling.num_generations must be at least 2: GRPO compares completions within a group")
-    if config.loss.passes < 1:
-        raise ConfigError("loss.passes must be at least 1")
     if not config.rewards:
         raise ConfigError("rewards is empty; name at least one reward source (e.g. math_correct)")
     path = Path(config.model.path)
@@ -115,7 +113,17 @@ def run(config: GRPOConfig) -> RunResult:
     reference = ReferencePolicy.for_policy(model) if config.loss.kl_beta > 0 else None
     resume_step = checkpoint_state(resume_from)["step"] if resume_from else None
     samples = SampleLog(output_dir / "samples.jsonl", config.sample_every, resume_step)
-    trainer = GRPOTrainer(config, tokenizer, reference, rewards, samples, task)
+    trainer = GRPOTrainer(
+        config.loss,
+        config.sampling,
+        seed=config.seed,
+        eval_batch_size=config.train.micro_batch_size,
+        tokenizer=tokenizer,
+        reference=reference,
+        rewards=rewards,
+        samples=samples,
+        task=task,
+    )
     spec = run_spec(
         config,
         output_dir,
@@ -126,6 +134,7 @@ def run(config: GRPOConfig) -> RunResult:
         save_final=final_saver(tokenizer),
         prepare=trainer.prepare,
         passes_per_batch=config.loss.passes,
+        state=trainer,
     )
     result = train(spec, model, trainer.step)
     say_held_out_outcome(result.history, ["reward", *([task.key] if task else [])])

@@ -11,15 +11,14 @@ shapes per-token rewards with a KL penalty to the reference, estimates advantage
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from tunekit.data.prompts import PromptDataConfig, collate_prompts, load_prompts
-from tunekit.errors import ConfigError, ModelError
-from tunekit.models.adapters import check_adapter_use, count_parameters
-from tunekit.models.load import ModelConfig, adapter_dir, load_tokenizer
+from tunekit.errors import ConfigError
+from tunekit.models.adapters import check_adapter_use
+from tunekit.models.load import ModelConfig, load_tokenizer
 from tunekit.models.policy import build_policy
 from tunekit.recipes.common import (
     RLRecipeConfig,
@@ -34,7 +33,7 @@ from tunekit.recipes.common import (
 )
 from tunekit.rl.ppo import PPOLossConfig, PPOTrainer
 from tunekit.rl.rewards import RewardSource, check_reward_columns, load_reward_function
-from tunekit.rl.roles import CriticConfig, SharedRoles, policy_base, same_base
+from tunekit.rl.roles import CriticConfig, SharedRoles, check_reward_model, check_shared_adapter
 from tunekit.rl.rollout import SamplingConfig
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import load_task_metric
@@ -86,11 +85,7 @@ class PPOConfig(RLRecipeConfig):
 
 def check_config(config: PPOConfig) -> None:
     """Refuse what cannot run, naming the key, before anything is loaded or written."""
-    if config.sampling.num_generations < 1:
-        raise ConfigError(f"sampling.num_generations must be at least 1, got {config.sampling.num_generations}")
     ppo = config.ppo
-    if ppo.epochs < 1 or ppo.minibatches < 1:
-        raise ConfigError("ppo.epochs and ppo.minibatches must be at least 1")
     rollouts = config.train.micro_batch_size * config.train.grad_accum_steps * config.sampling.num_generations
     if ppo.minibatches > rollouts:
         raise ConfigError(
@@ -99,41 +94,13 @@ def check_config(config: PPOConfig) -> None:
         )
     if config.reward_model is None and not config.rewards:
         raise ConfigError("PPO needs a reward: set reward_model (a reward run's final/) or rewards (functions)")
-    if ppo.kl.target <= 0 or ppo.kl.horizon < 1:
-        raise ConfigError("ppo.kl.target must be positive and ppo.kl.horizon at least 1")
-    if config.model.adapter.method not in ("lora", "dora"):
-        raise ConfigError(
-            f"model.adapter.method={config.model.adapter.method}: tunekit's PPO shares one base between actor, "
-            "critic, reference and reward model through LoRA adapters (peft keeps one adapter type per model); "
-            "use lora or dora (with model.quantization=4bit for QLoRA)"
-        )
+    check_shared_adapter(config.model)
     check_adapter_use(config.model, left_padding=True, earlier="continue")
     for key, path in (("model.path", config.model.path), ("reward_model", config.reward_model)):
         if path is not None and path.startswith(("runs/", "./", "../", "/")) and not Path(path).exists():
             raise ConfigError(f"{key} {path!r} does not exist; {HOW_TO_PREPARE}")
     if config.reward_model is not None:
         check_reward_model(config.reward_model, config.model.path)
-
-
-def check_reward_model(reward_model: str, model_path: str) -> None:
-    """The reward run must be a LoRA adapter on the same base weights as the policy."""
-    if adapter_dir(reward_model) is None:
-        raise ModelError(
-            f"reward_model {reward_model!r} is not an adapter directory (no adapter_config.json); PPO shares "
-            "the reward recipe's LoRA final/ with the policy's base"
-        )
-    saved = json.loads((Path(reward_model) / "adapter_config.json").read_text())
-    if saved.get("task_type") != "SEQ_CLS":
-        raise ModelError(
-            f"reward_model {reward_model!r} holds a {saved.get('task_type')} adapter, not a reward model (a "
-            "sequence-classification adapter with a score head, as `python -m tunekit.recipes.reward` writes)"
-        )
-    reward_base, base = policy_base(reward_model), policy_base(model_path)
-    if not same_base(reward_base, base):
-        raise ModelError(
-            f"reward_model {reward_model!r} was trained on base {reward_base!r}, but the policy's base is {base!r}; "
-            "train the reward model on the policy's base (model.path of the reward recipe)"
-        )
 
 
 def run(config: PPOConfig) -> RunResult:
@@ -148,15 +115,20 @@ def run(config: PPOConfig) -> RunResult:
     model = build_policy(config.model, reference_adapter=True)
     roles = SharedRoles(model, config.critic, config.reward_model)
     use_fast_paths(model, config, generates=True)
-    counts = count_parameters(model)
-    say(
-        f"actor, critic, reference and reward on one base: {counts['total']:,} parameters, "
-        f"{counts['trainable']:,} trained (reference: {roles.reference_kind})"
+    say(roles.describe(model))
+    resume_step = checkpoint_state(resume_from)["step"] if resume_from else None
+    samples = SampleLog(output_dir / "samples.jsonl", config.sample_every, resume_step)
+    trainer = PPOTrainer(
+        config.ppo,
+        config.sampling,
+        seed=config.seed,
+        eval_batch_size=config.train.micro_batch_size,
+        tokenizer=tokenizer,
+        roles=roles,
+        reward_sources=reward_functions,
+        samples=samples,
+        task=task,
     )
-    saved = checkpoint_state(resume_from) if resume_from else {}
-    samples = SampleLog(output_dir / "samples.jsonl", config.sample_every, saved.get("step"))
-    extra_state = {k: v for k, v in saved.items() if k in PPOTrainer.STATE_KEYS}
-    trainer = PPOTrainer(config, tokenizer, roles, reward_functions, samples, extra_state, task)
     spec = run_spec(
         config,
         output_dir,
@@ -168,7 +140,7 @@ def run(config: PPOConfig) -> RunResult:
         prepare=trainer.prepare,
         select=trainer.select,
         passes_per_batch=config.ppo.epochs * config.ppo.minibatches,
-        extra_state=extra_state,
+        state=trainer,
     )
     result = train(spec, model, trainer.step)
     say_held_out_outcome(result.history, ["reward", "kl", *([task.key] if task else [])])

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from tunekit.losses.advantages import equal_reward_groups, group_advantages
+from tunekit.errors import require
+from tunekit.losses.advantages import group_advantages
 from tunekit.losses.policy import Aggregation, count_units, grpo_loss
+from tunekit.losses.shaping import Truncation, grpo_rewards_and_keep
 from tunekit.models.logprobs import token_logps
 from tunekit.models.reference import ReferencePolicy
+from tunekit.rl.evaluation import sampled_and_greedy_means
 from tunekit.rl.rewards import compute_rewards
-from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_rollout, rollouts_in_batches
+from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_rollout
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import TaskMetric
-from tunekit.train.rng import seeded_rng
 from tunekit.train.spec import step_result
 
 
@@ -38,51 +40,74 @@ class GRPOLossConfig:
     # Drop groups whose completions all got the same reward (zero advantage, no learning signal).
     skip_equal_groups: bool = False
     # Completions that hit max_new_tokens: keep, mask (no loss), or penalize (truncation_penalty added).
-    truncated: Literal["keep", "mask", "penalize"] = "keep"
+    truncated: Truncation = "keep"
     # Added to the reward of each truncated completion when truncated is penalize, before advantages (negative: a
     # penalty).
     truncation_penalty: float = -1.0
 
+    def __post_init__(self) -> None:
+        require(self.passes >= 1, "passes", f"must be at least 1, got {self.passes}")
+
 
 class GRPOTrainer:
-    """The recipe's two hooks for the runner: ``prepare`` (rollouts and advantages) and ``step`` (the loss)."""
+    """The recipe's hooks for the runner: ``prepare`` (rollouts and advantages), ``step`` (the loss), and
+    ``evaluate`` (held-out rewards and task metric).
+
+    ``loss`` and ``sampling`` are the recipe's sections of those names; ``seed`` seeds the held-out sampling and
+    ``eval_batch_size`` prompts are generated for at a time there. GRPO carries nothing from step to step: its
+    ``state_dict`` is empty.
+    """
 
     def __init__(
         self,
-        config: Any,
+        loss: GRPOLossConfig,
+        sampling: SamplingConfig,
+        *,
+        seed: int,
+        eval_batch_size: int,
         tokenizer: Any,
         reference: ReferencePolicy | None,
         rewards: list,
         samples: SampleLog,
         task: TaskMetric | None = None,
     ) -> None:
-        self.config = config
+        self.loss = loss
+        self.sampling = sampling
+        self.seed = seed
+        self.eval_batch_size = eval_batch_size
         self.tokenizer = tokenizer
         self.reference = reference
         self.rewards = rewards
         self.samples = samples
         self.task = task
 
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
     def score(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return compute_rewards(self.rewards, rollout.prompts, rollout.completions, rollout.columns)
 
     def prepare(self, model: torch.nn.Module, batches: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
-        """Prompts -> scored rollouts with advantages, old and reference log-probs, and their item counts."""
-        loss = self.config.loss
-        group = self.config.sampling.num_generations
+        """Prompts -> scored rollouts with advantages, old and reference log-probs, and their unit counts."""
+        loss = self.loss
+        group = self.sampling.num_generations
         prepared = []
         for k, batch in enumerate(batches):
-            rollout = generate_rollout(model, self.tokenizer, batch["prompts"], self.config.sampling)
+            rollout = generate_rollout(model, self.tokenizer, batch["prompts"], self.sampling)
             total, per_source = self.score(rollout)
-            if loss.truncated == "penalize":
-                total = total + loss.truncation_penalty * rollout.truncated.float()
+            total, keep = grpo_rewards_and_keep(
+                total,
+                rollout.truncated,
+                group,
+                truncation=loss.truncated,
+                truncation_penalty=loss.truncation_penalty,
+                skip_equal_groups=loss.skip_equal_groups,
+            )
             advantages = group_advantages(total, group, scale_by_std=loss.scale_rewards)
             tensors = rollout.batch()
-            keep = torch.ones(len(total), dtype=torch.bool)
-            if loss.skip_equal_groups:
-                keep = ~equal_reward_groups(total, group).repeat_interleave(group)
-            if loss.truncated == "mask":
-                keep &= ~rollout.truncated
             tensors["labels"] = torch.where(keep[:, None], tensors["labels"], -100)
             device = next(model.parameters()).device
             tensors = {name: t.to(device) for name, t in tensors.items()}
@@ -108,12 +133,12 @@ class GRPOTrainer:
             old,
             batch["advantages"],
             mask,
-            clip_low=self.config.loss.clip_low,
-            clip_high=self.config.loss.clip_high,
+            clip_low=self.loss.clip_low,
+            clip_high=self.loss.clip_high,
             ref_logps=batch.get("ref_logps"),
-            kl_beta=self.config.loss.kl_beta,
-            aggregation=self.config.loss.aggregation,
-            max_tokens=self.config.sampling.max_new_tokens,
+            kl_beta=self.loss.kl_beta,
+            aggregation=self.loss.aggregation,
+            max_tokens=self.sampling.max_new_tokens,
         )
         loss_sum, metrics = step_result(output, batch)
         metrics["entropy"] = (entropy.sum() / mask.sum().clamp(min=1)).detach()
@@ -134,30 +159,21 @@ class GRPOTrainer:
     def evaluate(self, model: torch.nn.Module, prompts: list[PromptExample]) -> dict[str, float]:
         """Held-out mean reward, in total and per source, and the task metric (see :mod:`tunekit.rl.task`): of the
         policy's samples (the quantity GRPO raises), ``sampling.num_generations`` per prompt at the training
-        temperature, and of one greedy answer per prompt.
-
-        The samples use their own seeded generator state, so evaluating does not change the training run.
+        temperature, and of one greedy answer per prompt. Evaluating does not change the training run.
         """
-        results = {}
         greedy = SamplingConfig(
             num_generations=1,
-            max_new_tokens=self.config.sampling.max_new_tokens,
+            max_new_tokens=self.sampling.max_new_tokens,
             temperature=0,
-            stop_strings=self.config.sampling.stop_strings,
+            stop_strings=self.sampling.stop_strings,
         )
-        with seeded_rng(self.config.seed):
-            for prefix, sampling in (("", self.config.sampling), ("greedy/", greedy)):
-                totals, sources, checked = [], {}, []
-                size = self.config.train.micro_batch_size
-                for rollout in rollouts_in_batches(model, self.tokenizer, prompts, sampling, size):
-                    total, per_source = self.score(rollout)
-                    totals.append(total)
-                    for name, values in per_source.items():
-                        sources.setdefault(name, []).append(values)
-                    if self.task is not None:
-                        checked.append(self.task.score(rollout))
-                results[f"{prefix}reward"] = torch.cat(totals).mean().item()
-                results.update({f"{prefix}rewards/{n}": torch.cat(v).mean().item() for n, v in sources.items()})
-                if self.task is not None:
-                    results[f"{prefix}{self.task.key}"] = torch.cat(checked).mean().item()
-        return results
+        return sampled_and_greedy_means(
+            model, self.tokenizer, prompts, self.sampling, greedy, self.eval_batch_size, self.seed, self._measure
+        )
+
+    def _measure(self, rollout: Rollout, sampled: bool) -> dict[str, torch.Tensor]:
+        total, per_source = self.score(rollout)
+        measures = {"reward": total, **{f"rewards/{name}": values for name, values in per_source.items()}}
+        if self.task is not None:
+            measures[self.task.key] = self.task.score(rollout)
+        return measures

@@ -9,8 +9,13 @@ Experience of N rollouts, all tensors [N, T-1] over next-token positions (positi
 
 - ``old_logps`` (actor), ``ref_logps`` (reference), ``old_values`` (critic), taken once after generation;
 - ``rewards``: ``-kl_coef * (old_logps - ref_logps)`` on every completion token, plus the sequence score (reward
-  model and/or reward functions, minus ``ppo.missing_eos_penalty`` for completions that never ended) on the last;
+  model and/or reward functions, minus ``ppo.missing_eos_penalty`` for completions that never ended) on the last
+  (:func:`tunekit.losses.shaping.kl_penalized_rewards`);
 - ``advantages`` (GAE, whitened over the rollout batch) and ``returns`` (GAE + values), the critic's targets.
+
+The trainer's state between steps (the KL coefficient, the rollout batch's step, the early-stop decision and the
+last approximate KL) is its ``state_dict``, which the runner saves in every checkpoint and restores on resume: a
+run resumed part-way through a batch's passes goes on with the same coefficient, minibatch shuffle and decision.
 """
 
 from __future__ import annotations
@@ -21,16 +26,19 @@ from typing import Any
 
 import torch
 
+from tunekit.errors import require
 from tunekit.losses.advantages import gae
 from tunekit.losses.policy import count_units, ppo_losses
 from tunekit.losses.reduce import masked_mean, masked_whiten, selective_log_softmax
+from tunekit.losses.shaping import adaptive_kl_coef, kl_penalized_rewards
 from tunekit.models.logprobs import token_logps
+from tunekit.rl.evaluation import sampled_and_greedy_means
 from tunekit.rl.rewards import compute_rewards
 from tunekit.rl.roles import SharedRoles
-from tunekit.rl.rollout import PromptExample, Rollout, generate_rollout, rollouts_in_batches
+from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_rollout
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import TaskMetric
-from tunekit.train.rng import seeded_rng
+from tunekit.train.engines import all_reduce_sum
 from tunekit.train.spec import step_result
 
 
@@ -45,6 +53,10 @@ class KLControlConfig:
     # Completions over which the adaptive controller closes the gap to the target (Ziegler et al., 2019). The
     # default run samples 400 completions; a horizon of 100 lets the coefficient respond within it.
     horizon: int = 100
+
+    def __post_init__(self) -> None:
+        require(self.target > 0, "target", f"must be positive, got {self.target}")
+        require(self.horizon >= 1, "horizon", f"must be at least 1, got {self.horizon}")
 
 
 @dataclass
@@ -75,56 +87,73 @@ class PPOLossConfig:
     missing_eos_penalty: float | None = 1.0
     kl: KLControlConfig = field(default_factory=KLControlConfig)
 
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "epochs", f"must be at least 1, got {self.epochs}")
+        require(self.minibatches >= 1, "minibatches", f"must be at least 1, got {self.minibatches}")
+
 
 class KLController:
-    """The KL coefficient: fixed, or adapted towards ``target`` after each rollout batch."""
+    """The KL coefficient: fixed, or adapted towards ``target`` after each rollout batch (see
+    :func:`tunekit.losses.shaping.adaptive_kl_coef`)."""
 
     def __init__(self, config: KLControlConfig, coef: float | None = None) -> None:
         self.config = config
         self.coef = config.coef if coef is None else coef
 
-    def update(self, kl_per_completion: float, completions: int) -> None:
-        if not self.config.adaptive:
-            return
-        # Proportional control on the relative error, clipped so one noisy batch cannot swing beta far.
-        error = min(max(kl_per_completion / self.config.target - 1.0, -0.2), 0.2)
-        self.coef *= 1.0 + error * completions / self.config.horizon
+    def update(self, kl_per_completion: float, completions: float) -> None:
+        if self.config.adaptive:
+            self.coef = adaptive_kl_coef(
+                self.coef, kl_per_completion, self.config.target, self.config.horizon, completions
+            )
 
 
 class PPOTrainer:
-    """Hooks for :func:`tunekit.train.runner.train`; ``roles`` switches the shared base between the four roles."""
+    """Hooks for :func:`tunekit.train.runner.train`; ``roles`` switches the shared base between the four roles.
 
-    # What the trainer carries from step to step; kept in extra_state, so in every checkpoint.
-    STATE_KEYS = ("kl_coef", "rollout_step", "stopped_early", "last_approx_kl")
+    ``ppo`` and ``sampling`` are the recipe's sections of those names; ``seed`` seeds the minibatch shuffles and the
+    held-out sampling, for which ``eval_batch_size`` prompts are generated at a time.
+    """
 
     def __init__(
         self,
-        config: Any,
+        ppo: PPOLossConfig,
+        sampling: SamplingConfig,
+        *,
+        seed: int,
+        eval_batch_size: int,
         tokenizer: Any,
         roles: SharedRoles,
         reward_sources: list,
         samples: SampleLog,
-        extra_state: dict[str, Any],
         task: TaskMetric | None = None,
     ) -> None:
-        self.config = config
-        self.task = task
-        self.loss: PPOLossConfig = config.ppo
+        self.loss = ppo
+        self.sampling = sampling
+        self.seed = seed
+        self.eval_batch_size = eval_batch_size
         self.tokenizer = tokenizer
         self.roles = roles
         self.reward_sources = reward_sources
         self.samples = samples
-        # The trainer's state between steps lives in extra_state, which the runner saves in every checkpoint: a
-        # run resumed part-way through a batch's passes goes on with the same KL coefficient, the same minibatch
-        # shuffle and the same early-stop decision. A resumed run passes the checkpoint's values in.
-        self.state = extra_state
-        self.kl = KLController(self.loss.kl, extra_state.get("kl_coef"))
-        self.state.update(
-            kl_coef=self.kl.coef,
-            rollout_step=extra_state.get("rollout_step", -1),
-            stopped_early=extra_state.get("stopped_early", False),
-            last_approx_kl=extra_state.get("last_approx_kl", 0.0),
-        )
+        self.task = task
+        self.kl = KLController(ppo.kl)
+        self.rollout_step = -1  # the runner step whose rollouts the current experience holds
+        self.stopped_early = False  # the current experience's remaining passes are skipped
+        self.last_approx_kl = 0.0  # of the last minibatch trained on, over every process
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kl_coef": self.kl.coef,
+            "rollout_step": self.rollout_step,
+            "stopped_early": self.stopped_early,
+            "last_approx_kl": self.last_approx_kl,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.kl.coef = state["kl_coef"]
+        self.rollout_step = state["rollout_step"]
+        self.stopped_early = state["stopped_early"]
+        self.last_approx_kl = state["last_approx_kl"]
 
     # ------------------------------------------------------------------------------------------- experience
     def score(self, model: torch.nn.Module, rollout: Rollout, tensors: dict) -> tuple[torch.Tensor, dict]:
@@ -149,7 +178,7 @@ class PPOTrainer:
         """The step's prompts -> one experience batch (see the module docstring)."""
         model.eval()  # old log-probs and values without dropout noise; the runner switches back to train()
         prompts = [p for batch in batches for p in batch["prompts"]]
-        rollout = generate_rollout(model, self.tokenizer, prompts, self.config.sampling)
+        rollout = generate_rollout(model, self.tokenizer, prompts, self.sampling)
         device = next(model.parameters()).device
         tensors = {name: t.to(device) for name, t in rollout.batch().items()}
         mask = tensors["labels"][:, 1:] != -100
@@ -160,18 +189,15 @@ class PPOTrainer:
         score, parts = self.score(model, rollout, tensors)
         score = score.to(device)
 
-        kl = (old_logps - ref_logps) * mask
-        rewards = -self.kl.coef * kl
-        last = mask.long().cumsum(-1).argmax(-1)  # each row's last completion position
-        rewards[torch.arange(len(last), device=device), last] += score
+        rewards, kl = kl_penalized_rewards(score, old_logps, ref_logps, mask, self.kl.coef)
         advantages, returns = gae(rewards, values, mask, self.loss.gamma, self.loss.lam)
         if self.loss.whiten_advantages:
-            advantages = _global_whiten(advantages, mask)
+            advantages = masked_whiten(advantages, mask, sum_across=all_reduce_sum) * mask
 
-        kl_per_completion = _global_mean(kl.sum(-1))
+        kl_per_completion, completions = _global_mean_and_count(kl.sum(-1))
         metrics = {
-            "reward": _global_mean(score),
-            "reward_with_kl_penalty": _global_mean(rewards.sum(-1)),
+            "reward": _global_mean_and_count(score)[0],
+            "reward_with_kl_penalty": _global_mean_and_count(rewards.sum(-1))[0],
             "kl": kl_per_completion,
             "kl_coef": self.kl.coef,
             "completion_length": rollout.completion_lengths.float().mean().item(),
@@ -179,8 +205,8 @@ class PPOTrainer:
             "explained_variance": _explained_variance(values, returns, mask),
             **{k: v.float().mean().item() for k, v in parts.items()},
         }
-        self.kl.update(kl_per_completion, len(rollout.completions) * _world_size())
-        self.state.update(kl_coef=self.kl.coef, rollout_step=step, stopped_early=False)
+        self.kl.update(kl_per_completion, completions)
+        self.rollout_step, self.stopped_early = step, False
         if self.samples.due(step):
             self.samples.write(step, rollout, score, rows=4, score_name="score")
         experience = {
@@ -197,14 +223,14 @@ class PPOTrainer:
     def select(self, prepared: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
         """Pass ``k`` trains minibatch ``k % minibatches`` of epoch ``k // minibatches``'s shuffle of the rows."""
         target = self.loss.target_approx_kl
-        if k > 0 and target is not None and self.state["last_approx_kl"] > target:
-            self.state["stopped_early"] = True
-        if self.state["stopped_early"]:
+        if k > 0 and target is not None and self.last_approx_kl > target:
+            self.stopped_early = True
+        if self.stopped_early:
             return []
         experience = prepared[0]
         n = experience["input_ids"].shape[0]
         epoch, m = divmod(k, self.loss.minibatches)
-        seed = (self.config.seed * 1_000_003 + self.state["rollout_step"]) * 1_009 + epoch
+        seed = (self.seed * 1_000_003 + self.rollout_step) * 1_009 + epoch
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         rows = order[m * n // self.loss.minibatches : (m + 1) * n // self.loss.minibatches]
         rows = rows.to(experience["input_ids"].device)
@@ -232,7 +258,7 @@ class PPOTrainer:
         )
         loss_sum, metrics = step_result(output, batch)
         if model.training:
-            self.state["last_approx_kl"] = _global_mean(metrics["approx_kl"].reshape(1))
+            self.last_approx_kl = _global_mean_and_count(metrics["approx_kl"].reshape(1))[0]
         return loss_sum, {**metrics, **batch.get("metrics", {})}
 
     def _actor_logps(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
@@ -251,38 +277,36 @@ class PPOTrainer:
     def evaluate(self, model: torch.nn.Module, prompts: list[PromptExample]) -> dict[str, float]:
         """Held-out score of sampled completions (what PPO raises), their KL to the reference per completion, and
         the task metric (see :mod:`tunekit.rl.task`) of those samples and of one greedy answer per prompt.
-
-        Sampling uses its own seeded generator state, so evaluating does not change the training run.
+        Evaluating does not change the training run.
         """
-        results: dict[str, float] = {}
-        greedy = dataclasses.replace(self.config.sampling, num_generations=1, temperature=0.0)
-        size = self.config.train.micro_batch_size
+        greedy = dataclasses.replace(self.sampling, num_generations=1, temperature=0.0)
+        return sampled_and_greedy_means(
+            model,
+            self.tokenizer,
+            prompts,
+            self.sampling,
+            greedy,
+            self.eval_batch_size,
+            self.seed,
+            lambda rollout, sampled: self._measure(model, rollout, sampled),
+        )
+
+    def _measure(self, model: torch.nn.Module, rollout: Rollout, sampled: bool) -> dict[str, torch.Tensor]:
         device = next(model.parameters()).device
-        with seeded_rng(self.config.seed), torch.no_grad():
-            for prefix, sampling in (("", self.config.sampling), ("greedy/", greedy)):
-                scores, kls, checked, parts_seen = [], [], [], {}
-                for rollout in rollouts_in_batches(model, self.tokenizer, prompts, sampling, size):
-                    tensors = {name: t.to(device) for name, t in rollout.batch().items()}
-                    if not prefix:  # the KL of greedy answers says little about the policy PPO samples from
-                        logps, mask = token_logps(model, tensors)
-                        with self.roles.acting(model, "reference"):
-                            ref_logps = token_logps(model, tensors)[0]
-                        kls.append(((logps - ref_logps) * mask).sum(-1).cpu())
-                    score, parts = self.score(model, rollout, tensors)
-                    scores.append(score)
-                    for name, values in parts.items():
-                        parts_seen.setdefault(name, []).append(values)
-                    if self.task is not None:
-                        checked.append(self.task.score(rollout))
-                results[f"{prefix}reward"] = torch.cat(scores).mean().item()
-                results.update(
-                    {f"{prefix}{name}": torch.cat(v).float().mean().item() for name, v in parts_seen.items()}
-                )
-                if kls:
-                    results["kl"] = torch.cat(kls).mean().item()
-                if self.task is not None:
-                    results[f"{prefix}{self.task.key}"] = torch.cat(checked).mean().item()
-        return results
+        tensors = {name: t.to(device) for name, t in rollout.batch().items()}
+        kl = None
+        if sampled:  # the KL of greedy answers says little about the policy PPO samples from
+            logps, mask = token_logps(model, tensors)
+            with self.roles.acting(model, "reference"):
+                ref_logps = token_logps(model, tensors)[0]
+            kl = ((logps - ref_logps) * mask).sum(-1).cpu()
+        score, parts = self.score(model, rollout, tensors)
+        measures = {"reward": score, **{name: values.float() for name, values in parts.items()}}
+        if kl is not None:
+            measures["kl"] = kl
+        if self.task is not None:
+            measures[self.task.key] = self.task.score(rollout)
+        return measures
 
 
 def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
@@ -293,26 +317,8 @@ def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch
     return (1.0 - residual_variance / variance.clamp(min=1e-8)).item()
 
 
-def _world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _global_mean(values: torch.Tensor) -> float:
-    """Mean of ``values`` over every process's rows."""
+def _global_mean_and_count(values: torch.Tensor) -> tuple[float, float]:
+    """Mean of ``values`` over every process's elements, and how many elements that is."""
     total = torch.stack([values.float().sum(), torch.tensor(float(values.numel()), device=values.device)])
-    if _world_size() > 1:
-        torch.distributed.all_reduce(total)
-    return (total[0] / total[1].clamp(min=1)).item()
-
-
-def _global_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """:func:`masked_whiten` with mean and variance taken over every process's rollouts."""
-    if _world_size() == 1:
-        return masked_whiten(values, mask) * mask
-    m = mask.to(values.dtype)
-    stats = torch.stack([(values * m).sum(), (values**2 * m).sum(), m.sum()])
-    torch.distributed.all_reduce(stats)
-    mean = stats[0] / stats[2].clamp(min=1)
-    var = stats[1] / stats[2].clamp(min=1) - mean**2
-    return (values - mean) * torch.rsqrt(var + 1e-8) * m
+    total = all_reduce_sum(total)
+    return (total[0] / total[1].clamp(min=1)).item(), total[1].item()

@@ -32,8 +32,9 @@ from typing import Any, Literal
 
 import torch
 
-from tunekit.errors import ModelError
-from tunekit.models.load import adapter_base, adapter_dir, resolve_model_path
+from tunekit.errors import ConfigError, ModelError
+from tunekit.models.adapters import count_parameters
+from tunekit.models.load import ModelConfig, adapter_base, adapter_dir, resolve_model_path
 from tunekit.models.reference import REFERENCE_ADAPTER, unwrap
 
 ACTOR = "default"
@@ -65,6 +66,39 @@ def policy_base(path: str) -> str:
     """The base weights under ``model.path``: an adapter directory's recorded base, or the path itself."""
     earlier = adapter_dir(path)
     return adapter_base(earlier) if earlier else path
+
+
+def check_shared_adapter(model: ModelConfig) -> None:
+    """Refuse, before anything loads, a policy that :class:`SharedRoles` cannot share: one trained other than through
+    LoRA or DoRA adapters."""
+    if model.adapter.method not in ("lora", "dora"):
+        raise ConfigError(
+            f"model.adapter.method={model.adapter.method}: tunekit's PPO shares one base between actor, "
+            "critic, reference and reward model through LoRA adapters (peft keeps one adapter type per model); "
+            "use lora or dora (with model.quantization=4bit for QLoRA)"
+        )
+
+
+def check_reward_model(reward_model: str, model_path: str) -> None:
+    """Refuse a ``reward_model`` that :class:`SharedRoles` cannot load beside the policy at ``model_path``: it must
+    be a reward run's LoRA adapter (with its score head) on the same base weights."""
+    if adapter_dir(reward_model) is None:
+        raise ModelError(
+            f"reward_model {reward_model!r} is not an adapter directory (no adapter_config.json); PPO shares "
+            "the reward recipe's LoRA final/ with the policy's base"
+        )
+    saved = json.loads((Path(reward_model) / "adapter_config.json").read_text())
+    if saved.get("task_type") != "SEQ_CLS":
+        raise ModelError(
+            f"reward_model {reward_model!r} holds a {saved.get('task_type')} adapter, not a reward model (a "
+            "sequence-classification adapter with a score head, as `python -m tunekit.recipes.reward` writes)"
+        )
+    reward_base, base = policy_base(reward_model), policy_base(model_path)
+    if not same_base(reward_base, base):
+        raise ModelError(
+            f"reward_model {reward_model!r} was trained on base {reward_base!r}, but the policy's base is {base!r}; "
+            "train the reward model on the policy's base (model.path of the reward recipe)"
+        )
 
 
 class SharedRoles:
@@ -124,6 +158,14 @@ class SharedRoles:
         peft_model.base_model.set_adapter(name, inference_mode=True)
         for p in getattr(self, "trainable", []):
             p.requires_grad_(True)
+
+    def describe(self, model: torch.nn.Module) -> str:
+        """One line on the shared base: its parameters, those trained, and what the reference is."""
+        counts = count_parameters(model)
+        return (
+            f"actor, critic, reference and reward on one base: {counts['total']:,} parameters, "
+            f"{counts['trainable']:,} trained (reference: {self.reference_kind})"
+        )
 
     def values(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Critic values [B, T-1]: position t holds V(tokens <= t), the value before choosing token t + 1."""

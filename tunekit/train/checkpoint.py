@@ -5,7 +5,7 @@ Layout of ``<output_dir>/checkpoints/step-<N>/``:
     trainable.safetensors   every parameter that receives gradients (adapter and heads, or all weights)
     optimizer.pt            optimizer state (tensors and numbers only; loaded with weights_only=True)
     scheduler.pt            learning-rate scheduler state
-    state.json              step, epoch, RNG states and whatever the recipe adds
+    state.json              step, epoch, RNG states and the recipe's own state (RunSpec.state), side by side
     experience.pt           only part-way through a batch's PPO/GRPO passes: the batch (tunekit/train/experience.py)
     COMPLETE                written last; a directory without it is ignored and cleaned up
 
@@ -30,6 +30,8 @@ from tunekit.errors import ConfigError
 from tunekit.train.rng import capture_rng, restore_rng
 
 COMPLETE_MARKER = "COMPLETE"
+# The keys of state.json that are the runner's; every other key belongs to the recipe's state.
+RUNNER_KEYS = frozenset({"step", "epoch", "rng"})
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -98,6 +100,19 @@ def save_checkpoint(
     _fsync(root)
     prune_checkpoints(output_dir, keep)
     return final
+
+
+def run_state(epoch: float, recipe_state: dict[str, Any]) -> dict[str, Any]:
+    """The ``state`` to save beside step and RNG: the epoch and the recipe's own state, both at the top level."""
+    clash = RUNNER_KEYS & set(recipe_state)
+    if clash:
+        raise ValueError(f"a recipe's checkpointed state may not use the runner's keys {sorted(clash)}")
+    return {"epoch": epoch, **recipe_state}
+
+
+def recipe_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's own part of a checkpoint's state.json (what :func:`run_state` saved beside the runner's)."""
+    return {key: value for key, value in state.items() if key not in RUNNER_KEYS}
 
 
 def checkpoint_state(path: Path) -> dict[str, Any]:

@@ -125,6 +125,20 @@ def global_sum(accelerator: Any, value: float) -> float:
     return float(accelerator.reduce(tensor, reduction="sum").item())
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed elementwise over every process of the run; ``tensor`` itself in a single process.
+
+    For code that holds no Accelerator (a recipe's hooks) but runs inside the runner's process group. A collective
+    when there are several processes: every process must call it, with a tensor of the same shape.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    summed = tensor.clone()
+    dist.all_reduce(summed)
+    return summed
+
+
 def gather_to_main(accelerator: Any, value: Any) -> list[Any] | None:
     """Every process's ``value`` (picklable, on the CPU), in process order, on the main process; None on the others.
     A collective: every process must call it."""

@@ -32,7 +32,7 @@ from tunekit.config import save_config
 from tunekit.data.collate import to_device
 from tunekit.errors import ConfigError, UserError
 from tunekit.train.charts import write_run_charts
-from tunekit.train.checkpoint import load_checkpoint, save_checkpoint
+from tunekit.train.checkpoint import load_checkpoint, recipe_state, run_state, save_checkpoint
 from tunekit.train.engines import (
     configure_deepspeed,
     describe,
@@ -98,7 +98,10 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     if resume_from is not None:
         # Under FSDP/ZeRO the optimizer's moments are sharded per process; a checkpoint holds gathered weights,
         # and the moments start afresh (see docs/multi-gpu.md).
-        start_step = load_checkpoint(resume_from, model, None if sharded else optimizer, scheduler)["step"]
+        saved = load_checkpoint(resume_from, model, None if sharded else optimizer, scheduler)
+        start_step = saved["step"]
+        if spec.state is not None:
+            spec.state.load_state_dict(recipe_state(saved))
         accelerator.print(f"resuming from {resume_from} at step {start_step}")
         if sharded:
             accelerator.print(
@@ -133,7 +136,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                 # A sharded run's moments are split across processes and never restored (see above).
                 None if sharded else (optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer),
                 scheduler,
-                {"epoch": epoch, **spec.extra_state},
+                run_state(epoch, spec.state.state_dict() if spec.state is not None else {}),
                 cfg.keep_checkpoints,
                 experience,
             )

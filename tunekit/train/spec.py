@@ -11,9 +11,9 @@ A step function is ``step(model, batch) -> (loss_sum, metrics)``: ``loss_sum`` s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -108,6 +108,19 @@ class TrainConfig:
         require(multiple >= 1, "pad_to_multiple_of", f"must be at least 1, got {multiple}")
 
 
+class Stateful(Protocol):
+    """What a recipe's hooks carry from step to step (e.g. PPO's KL coefficient), saved in every checkpoint.
+
+    ``state_dict()`` must hold JSON values under keys other than the runner's own (step, epoch, rng); the runner
+    writes it into the checkpoint's state.json and hands it to ``load_state_dict`` when a run resumes from there,
+    before the first step.
+    """
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class RunSpec:
     """Everything the runner needs that is not the model: where to write, and what to train on."""
@@ -134,7 +147,8 @@ class RunSpec:
     # them every pass). PPO returns one shuffled minibatch per pass; an empty list skips the pass (no update, the
     # schedule moves on), e.g. for PPO's early stop on approximate KL.
     select: Callable[[list[dict[str, Any]], int], list[dict[str, Any]]] | None = None
-    extra_state: dict[str, Any] = field(default_factory=dict)
+    # The hooks' own state between steps, checkpointed and restored with the run's (see Stateful).
+    state: Stateful | None = None
     # Work done once, with the model on its device and under the run's precision, before the first step (and
     # before the step-0 evaluation): on_start(model). DPO precomputes its reference log-probs here.
     on_start: Callable[[torch.nn.Module], None] | None = None
