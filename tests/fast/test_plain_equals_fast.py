@@ -3,6 +3,7 @@
 
 Each case builds the recipe's own model, data and step function, runs one step on two copies of the same weights,
 one through :func:`tunekit.fast.enable_fast_paths` with every path on and one with ``enabled=false``, and compares.
+GRPO and PPO prepare their batch (rollouts, old and reference log-probs, values) once, on the plain side.
 SFT and pretraining also change their batch layout with the paths (padding-free rows instead of padded ones), as
 the recipe does.
 """
@@ -13,6 +14,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +28,7 @@ from tunekit.fast import FastPathConfig, enable_fast_paths
 from tunekit.models.adapters import AdapterConfig, apply_adapter
 from tunekit.models.load import ModelConfig, load_model, load_tokenizer
 from tunekit.models.reference import ReferencePolicy
+from tunekit.recipes.pretrain import PretrainConfig
 
 MODEL = ModelConfig(path="tiny-llama")
 BATCH = 8
@@ -35,8 +38,10 @@ BATCH = 8
 class Case:
     model: torch.nn.Module  # adapted, fast paths not yet decided
     step: Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
-    fast_batch: dict[str, Any]
-    plain_batch: dict[str, Any]
+    fast_batch: dict[str, Any] | None = None
+    plain_batch: dict[str, Any] | None = None
+    # RL: the batch is prepared (rollouts, advantages, old and reference log-probs) by the plain side, once.
+    prepare: Callable[[torch.nn.Module], dict[str, Any]] | None = None
     generates: bool = False
 
 
@@ -88,13 +93,85 @@ def dpo_case() -> Case:
     return Case(model, step, batch, batch)
 
 
-CASES: dict[str, Callable[[], Case]] = {
-    "sft": lambda: sft_case(DataConfig(), synthetic.sft_examples),
-    "pretrain": lambda: sft_case(
-        __import__("tunekit.recipes.pretrain", fromlist=["PretrainConfig"]).PretrainConfig().data, synthetic.text_corpus
-    ),
-    "reward": reward_case,
-    "dpo": dpo_case,
+def prompts_and_rewards() -> tuple[Any, list[Any], list[Any]]:
+    from tunekit.data.prompts import PromptDataConfig, load_prompts
+    from tunekit.rl.rewards import RewardSource, load_reward_sources
+
+    tokenizer = load_tokenizer(MODEL.path)
+    prompts, _ = load_prompts(PromptDataConfig(synthetic_size=32), tokenizer, 0)
+    rewards = load_reward_sources([RewardSource(name="length_penalty", kwargs={"target_chars": 4})])
+    return tokenizer, prompts[:4], rewards
+
+
+def with_random_advantages(batch: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
+    """The tiny model's completions often score alike, which leaves no advantage to push with."""
+    batch["advantages"] = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    return batch
+
+
+def grpo_case(tmp: Path) -> Case:
+    from tunekit.models.policy import build_policy
+    from tunekit.rl.grpo import GRPOLossConfig, GRPOTrainer
+    from tunekit.rl.rollout import SamplingConfig
+    from tunekit.rl.samples import SampleLog
+
+    tokenizer, prompts, rewards = prompts_and_rewards()
+    model = moved_off_zero(build_policy(MODEL, reference_adapter=True))
+    trainer = GRPOTrainer(
+        GRPOLossConfig(passes=2),  # old log-probs of their own, not the step's detached ones
+        SamplingConfig(num_generations=4, max_new_tokens=8),
+        seed=0,
+        eval_batch_size=4,
+        tokenizer=tokenizer,
+        reference=ReferencePolicy.for_policy(model),
+        rewards=rewards,
+        samples=SampleLog(tmp / "samples.jsonl", 0),
+    )
+
+    def prepare(model: torch.nn.Module) -> dict[str, Any]:
+        (batch,) = trainer.prepare(model, [{"prompts": prompts}], 0)
+        return with_random_advantages(batch, (len(prompts) * 4,))
+
+    return Case(model, trainer.step, prepare=prepare, generates=True)
+
+
+def ppo_case(tmp: Path) -> Case:
+    from tunekit.models.policy import build_policy
+    from tunekit.rl.ppo import PPOLossConfig, PPOTrainer
+    from tunekit.rl.roles import CriticConfig, SharedRoles
+    from tunekit.rl.rollout import SamplingConfig
+    from tunekit.rl.samples import SampleLog
+
+    tokenizer, prompts, rewards = prompts_and_rewards()
+    model = build_policy(MODEL, reference_adapter=True)
+    roles = SharedRoles(model, CriticConfig(), None)
+    moved_off_zero(model)
+    trainer = PPOTrainer(
+        PPOLossConfig(entropy_coef=0.0),
+        SamplingConfig(num_generations=1, max_new_tokens=8),
+        seed=0,
+        eval_batch_size=4,
+        tokenizer=tokenizer,
+        roles=roles,
+        reward_sources=rewards,
+        samples=SampleLog(tmp / "samples.jsonl", 0),
+    )
+
+    def prepare(model: torch.nn.Module) -> dict[str, Any]:
+        (experience,) = trainer.prepare(model, [{"prompts": prompts}], 0)
+        (minibatch,) = trainer.select([experience], 0)
+        return with_random_advantages(minibatch, tuple(minibatch["old_logps"].shape))
+
+    return Case(model, trainer.step, prepare=prepare, generates=True)
+
+
+CASES: dict[str, Callable[[Path], Case]] = {
+    "sft": lambda tmp: sft_case(DataConfig(), synthetic.sft_examples),
+    "pretrain": lambda tmp: sft_case(PretrainConfig().data, synthetic.text_corpus),
+    "reward": lambda tmp: reward_case(),
+    "dpo": lambda tmp: dpo_case(),
+    "grpo": grpo_case,
+    "ppo": ppo_case,
 }
 
 
@@ -107,15 +184,25 @@ def run_step(case: Case, model: torch.nn.Module, batch: dict[str, Any]) -> tuple
     return loss.item(), grads
 
 
+def built(recipe: str, tmp: Path, fast: bool) -> Case:
+    torch.manual_seed(0)  # both sides start from the same adapter initialisation
+    case = CASES[recipe](tmp / ("fast" if fast else "plain"))
+    paths = enable_fast_paths(case.model, FastPathConfig(enabled=fast), generates=case.generates)
+    assert fast == ("lean-lora" in paths.on)
+    return case
+
+
 @pytest.mark.parametrize("recipe", list(CASES))
-def test_the_step_is_the_same_with_the_fast_paths_off_and_on(recipe):
-    case = CASES[recipe]()
-    plain = copy.deepcopy(case.model)
-    paths = enable_fast_paths(case.model, FastPathConfig(), generates=case.generates)
-    assert "lean-lora" in paths.on  # the paths under test did turn on
-    enable_fast_paths(plain, FastPathConfig(enabled=False), generates=case.generates)
-    fast_loss, fast_grads = run_step(case, case.model, case.fast_batch)
-    plain_loss, plain_grads = run_step(case, plain, case.plain_batch)
+def test_the_step_is_the_same_with_the_fast_paths_off_and_on(recipe, tmp_path):
+    fast, plain = built(recipe, tmp_path, fast=True), built(recipe, tmp_path, fast=False)
+    for (name, a), b in zip(fast.model.state_dict().items(), plain.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    if plain.prepare is not None:
+        with torch.no_grad():
+            batch = plain.prepare(plain.model)
+        fast.fast_batch, plain.plain_batch = copy.deepcopy(batch), batch
+    fast_loss, fast_grads = run_step(fast, fast.model, fast.fast_batch)
+    plain_loss, plain_grads = run_step(plain, plain.model, plain.plain_batch)
     assert fast_loss == pytest.approx(plain_loss, rel=1e-5)
     assert fast_grads.keys() == plain_grads.keys() and fast_grads
     # Summation order differs (merged LoRA weights, one row of real tokens, a trimmed last layer), so gradients
