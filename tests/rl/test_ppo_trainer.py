@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from tunekit.losses.policy import count_units
-from tunekit.rl.grpo import GRPOLossConfig, GRPOTrainer
 from tunekit.rl.ppo import KLControlConfig, KLController, PPOLossConfig, PPOTrainer
 from tunekit.rl.rollout import SamplingConfig
 
@@ -85,20 +84,3 @@ def test_configs_refuse_values_that_cannot_run():
         PPOLossConfig(minibatches=0)
     with pytest.raises(ValueError, match="target must be positive"):
         KLControlConfig(target=0.0)
-    with pytest.raises(ValueError, match="passes must be at least 1"):
-        GRPOLossConfig(passes=0)
-
-
-def test_grpo_carries_no_state():
-    grpo = GRPOTrainer(
-        GRPOLossConfig(),
-        SamplingConfig(num_generations=2),
-        seed=0,
-        eval_batch_size=1,
-        tokenizer=None,
-        reference=None,
-        rewards=[],
-        samples=None,  # type: ignore[arg-type]
-    )
-    assert grpo.state_dict() == {}
-    grpo.load_state_dict({})
