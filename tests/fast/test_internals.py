@@ -3,6 +3,8 @@ versions; run this first after upgrading any of them (docs/fast-paths.md)."""
 
 from __future__ import annotations
 
+import torch
+
 from tunekit.fast import FastPathConfig, enable_fast_paths, internals
 from tunekit.models.adapters import AdapterConfig, apply_adapter
 from tunekit.models.load import ModelConfig, load_model
@@ -38,3 +40,12 @@ def test_a_broken_assumption_turns_its_path_off_and_says_which_library(monkeypat
     assert "lean-lora" not in paths.on
     assert "peft" in paths.off["lean-lora"] and "tested with peft" in paths.off["lean-lora"]
     assert "padding-free" in paths.on  # the other paths are untouched
+
+
+def test_checking_the_internals_leaves_the_runs_random_stream_alone():
+    internals.broken_assumptions.cache_clear()
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    internals.broken_assumptions()
+    assert torch.equal(torch.rand(4), expected)

@@ -94,10 +94,11 @@ def _lean_lora_matches_peft() -> bool:
 
     from tunekit.fast.lean_lora import lean_forward
 
-    generator = torch.Generator().manual_seed(0)
     from peft import LoraConfig
 
-    layer = Linear(torch.nn.Linear(4, 4), "default", config=LoraConfig(r=2, lora_alpha=4), r=2, lora_alpha=4)
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):  # building layers draws their initial weights: keep the run's stream
+        layer = Linear(torch.nn.Linear(4, 4), "default", config=LoraConfig(r=2, lora_alpha=4), r=2, lora_alpha=4)
     needed = ("lora_A", "lora_B", "lora_dropout", "scaling", "base_layer", "lora_variant", "_cast_input_dtype")
     if not all(hasattr(layer, name) for name in needed) or not isinstance(layer.lora_variant, dict):
         return False

@@ -81,7 +81,9 @@ def _base_model(model: torch.nn.Module) -> torch.nn.Module:
 
 def _keeping_rows(layer: torch.nn.Module, forward: Callable[..., Any], rotate_half: Callable) -> Callable[..., Any]:
     def keeping_rows(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        keep = kwargs.pop(KEEP_ROWS, None)
+        # get, not pop: under train.compile this wrapper is traced inside the compiled block, and dynamo fails on a
+        # mutated kwargs dict (a KeyError for the next keyword). Only logits_at passes the key, and only when set.
+        keep = kwargs.get(KEEP_ROWS)
         if keep is None:
             return forward(hidden_states, *args, **kwargs)
         run = partial(
