@@ -1,13 +1,14 @@
 """Packed rows must give every example exactly the logits and losses it gets on its own."""
 
 import torch
+import torch.nn.functional as F
 
 from tunekit.data import synthetic
 from tunekit.data.collate import collate_examples, collate_packed, model_inputs
 from tunekit.data.packing import pack_examples
 from tunekit.data.sft import DataConfig, tokenize_rows
 from tunekit.data.sources import Rows
-from tunekit.losses.sft import per_token_cross_entropy
+from tunekit.losses.sft import IGNORE_INDEX
 
 
 def examples(tokenizer, n=12):
@@ -25,7 +26,10 @@ def test_packing_fits_and_keeps_every_example(tokenizer):
 
 def per_example_outputs(model, batch, packed_rows=None):
     logits = model(**model_inputs(batch, model)).logits
-    losses = per_token_cross_entropy(logits, batch["labels"])
+    # [B, T - 1] next-token losses, 0 where the label is ignored
+    losses = F.cross_entropy(
+        logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
+    )
     outputs = []
     if packed_rows is None:
         for b, n in enumerate(batch["attention_mask"].sum(1).tolist()):

@@ -90,11 +90,10 @@ def _logits_to_keep() -> bool:
 
 def _lean_lora_matches_peft() -> bool:
     """peft's LoRA Linear keeps the attributes the lean forward reads, and both forwards agree on a 4 x 4 layer."""
+    from peft import LoraConfig
     from peft.tuners.lora.layer import Linear
 
     from tunekit.fast.lean_lora import lean_forward
-
-    from peft import LoraConfig
 
     generator = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):  # building layers draws their initial weights: keep the run's stream

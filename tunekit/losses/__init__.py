@@ -16,7 +16,7 @@ It knows that total before the forward, from each batch's ``num_items``, counted
 counts ``num_units`` (the collators for SFT, DPO and reward; :func:`tunekit.losses.policy.count_units` for GRPO
 and PPO), and :func:`tunekit.train.spec.step_result` checks that the two agree.
 
-Building blocks (``clipped_surrogate``, ``per_token_cross_entropy``, the per-type terms in ``PREFERENCE_LOSSES``,
+Building blocks (``clipped_surrogate``, the per-type terms in ``PREFERENCE_LOSSES``,
 the reductions in :mod:`tunekit.losses.reduce`) return per-element tensors, as their docstrings say.
 """
 

@@ -34,14 +34,6 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, chunk_size: 
     return LossOutput(total, keep.sum())
 
 
-def per_token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[B, T, V], [B, T] -> [B, T - 1] next-token losses, 0 where the label is ignored."""
-    losses = F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    return losses
-
-
 def label_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> LossOutput:
     """Cross-entropy of logits already taken at label positions only, summed over the K labels: [K, V], [K] ->
     ``loss_sum`` [] (fp32), ``num_units`` [] = K, no metrics.
