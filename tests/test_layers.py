@@ -26,6 +26,8 @@ FORBIDDEN = {
         "transformers",
     ),
     "models": ("tunekit.train", "tunekit.rl", "tunekit.recipes"),
+    # The fast paths sit under models/ and rl/, which reach them only through tunekit.fast (docs/fast-paths.md).
+    "fast": ("tunekit.models", "tunekit.rl", "tunekit.train", "tunekit.recipes", "tunekit.losses"),
     "train": ("tunekit.recipes",),
 }
 

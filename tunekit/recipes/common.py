@@ -12,9 +12,14 @@ from typing import Any, TypeVar
 import torch
 
 from tunekit.config import all_keys, load_config
-from tunekit.errors import exit_on_user_error, require
+from tunekit.data.prompts import PromptExample, load_prompts
+from tunekit.errors import ConfigError, exit_on_user_error, require
 from tunekit.fast import FastPaths, enable_fast_paths
 from tunekit.models.load import ModelConfig
+from tunekit.rl.rewards import check_reward_columns
+from tunekit.rl.samples import SampleLog
+from tunekit.rl.task import TaskMetric, load_task_metric
+from tunekit.train.checkpoint import checkpoint_state
 from tunekit.train.engines import leave_process_group
 from tunekit.train.rundir import prepare_output_dir
 from tunekit.train.spec import RunSpec, TrainConfig
@@ -159,6 +164,39 @@ def use_fast_paths(model: torch.nn.Module, config: RecipeConfig, generates: bool
     config.model.fast_paths = paths.resolved(config.model.fast_paths)
     say(paths.summary())
     return paths
+
+
+def check_prepared_path(key: str, path: str | None, how: str) -> None:
+    """Refuse a ``path`` written as a local path (runs/..., ./, ../, /) that does not exist, saying ``how`` to make
+    it; hub ids are left to the loader."""
+    if path is not None and path.startswith(("runs/", "./", "../", "/")) and not Path(path).exists():
+        raise ConfigError(f"{key} {path!r} does not exist; {how}")
+
+
+@dataclass
+class RLInputs:
+    """What the RL recipes (GRPO, PPO) read before their model: prompts, the held-out task metric, the sample log."""
+
+    prompts: list[PromptExample]
+    held_out: list[PromptExample]
+    task: TaskMetric | None
+    samples: SampleLog
+
+
+def load_rl_inputs(config: Any, tokenizer: Any, rewards: list, output_dir: Path, resume_from: Path | None) -> RLInputs:
+    """``config`` (an RL recipe's: ``data``, ``sampling``, ``task_metric``, ``sample_every``) -> its prompts, with the
+    reward functions' columns checked against them, the task metric and the samples.jsonl log (resumed runs drop
+    the lines past their checkpoint)."""
+    prompts, held_out = load_prompts(config.data, tokenizer, config.seed)
+    check_reward_columns(rewards, list(prompts[0].columns))
+    task = load_task_metric(config.task_metric, held_out)
+    say(
+        f"data: {len(prompts)} prompts, {len(held_out)} held out; {config.sampling.num_generations} completions "
+        f"each; task metric: {task.name if task else 'none'}"
+    )
+    resume_step = checkpoint_state(resume_from)["step"] if resume_from else None
+    samples = SampleLog(output_dir / "samples.jsonl", config.sample_every, resume_step)
+    return RLInputs(prompts, held_out, task, samples)
 
 
 def say_held_out_outcome(history: list[dict[str, Any]], keys: list[str]) -> None:

@@ -21,7 +21,7 @@ import torch
 from tunekit.data import synthetic
 from tunekit.data.collate import collate_pairs
 from tunekit.data.pairs import PairDataConfig, load_pair_data
-from tunekit.errors import ConfigError
+from tunekit.errors import require
 from tunekit.losses.preference import REFERENCE_FREE, PairLogps, PreferenceLossConfig, preference_loss
 from tunekit.models.adapters import check_adapter_use, count_parameters
 from tunekit.models.load import load_tokenizer
@@ -62,6 +62,14 @@ class DPOConfig(RecipeConfig):
     reference: Literal["on_the_fly", "precompute"] | None = None
     train: TrainConfig = field(default_factory=_dpo_train)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.loss.loss_type not in REFERENCE_FREE or self.reference is None,
+            "reference",
+            f"is {self.reference}, but loss.loss_type={self.loss.loss_type} is reference-free; leave it unset (null)",
+        )
+
 
 def dpo_step(
     model: torch.nn.Module,
@@ -83,17 +91,7 @@ def dpo_step(
     return step_result(preference_loss(logps, loss_config), batch)
 
 
-def check_reference_setting(config: DPOConfig) -> None:
-    reference_free = config.loss.loss_type in REFERENCE_FREE
-    if reference_free and config.reference is not None:
-        raise ConfigError(
-            f"loss.loss_type={config.loss.loss_type} is reference-free, but reference={config.reference} was given; "
-            "leave reference unset (null)"
-        )
-
-
 def run(config: DPOConfig) -> RunResult:
-    check_reference_setting(config)
     check_adapter_use(config.model, earlier="continue")
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
-from tunekit.data.prompts import PromptDataConfig, collate_prompts, load_prompts
-from tunekit.errors import ConfigError
+from tunekit.data.prompts import PromptDataConfig, collate_prompts
+from tunekit.errors import require
 from tunekit.models.adapters import AdapterConfig, check_adapter_use, count_parameters
 from tunekit.models.load import ModelConfig, load_tokenizer
 from tunekit.models.policy import build_policy
 from tunekit.models.reference import ReferencePolicy
 from tunekit.recipes.common import (
     RLRecipeConfig,
+    check_prepared_path,
     final_saver,
+    load_rl_inputs,
     parse_args,
     run_command,
     run_spec,
@@ -33,13 +34,15 @@ from tunekit.recipes.common import (
     use_fast_paths,
 )
 from tunekit.rl.grpo import GRPOLossConfig, GRPOTrainer
-from tunekit.rl.rewards import RewardSource, check_reward_columns, load_reward_function
+from tunekit.rl.rewards import RewardSource, load_reward_sources
 from tunekit.rl.rollout import SamplingConfig
-from tunekit.rl.samples import SampleLog
-from tunekit.rl.task import load_task_metric
-from tunekit.train.checkpoint import checkpoint_state
 from tunekit.train.runner import RunResult, train
 from tunekit.train.spec import TrainConfig
+
+HOW_TO_PREPARE = (
+    "the default GRPO config starts from the SFT warm start that `python -m tunekit.recipes.sft --config "
+    "recipes/sft/tiny-warmstart.yaml` writes; run that first, or set model.path"
+)
 
 
 # The default is sized to show what GRPO does to the held-out task within a couple of minutes on two CPU cores: 16
@@ -78,41 +81,32 @@ class GRPOConfig(RLRecipeConfig):
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
     train: TrainConfig = field(default_factory=_grpo_train)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = self.sampling.num_generations
+        require(
+            n >= 2, "sampling.num_generations", f"must be at least 2, got {n}: GRPO compares completions in a group"
+        )
+        require(bool(self.rewards), "rewards", "is empty; name at least one reward source (e.g. math_correct)")
+
 
 def check_config(config: GRPOConfig) -> None:
-    if config.sampling.num_generations < 2:
-        raise ConfigError("sampling.num_generations must be at least 2: GRPO compares completions within a group")
-    if not config.rewards:
-        raise ConfigError("rewards is empty; name at least one reward source (e.g. math_correct)")
-    path = Path(config.model.path)
-    if config.model.path.startswith(("runs/", "./", "../", "/")) and not path.exists():
-        raise ConfigError(
-            f"model.path {config.model.path!r} does not exist. The default GRPO config starts from the SFT warm "
-            "start that `python -m tunekit.recipes.sft --config recipes/sft/tiny-warmstart.yaml` writes; run "
-            "that first, or set model.path"
-        )
+    """Refuse, before anything loads, a model path that does not exist or an adapter the recipe cannot use."""
+    check_prepared_path("model.path", config.model.path, HOW_TO_PREPARE)
     check_adapter_use(config.model, left_padding=True, earlier="continue")
 
 
 def run(config: GRPOConfig) -> RunResult:
     check_config(config)
-    rewards = [(source, load_reward_function(source.name)) for source in config.rewards]
+    rewards = load_reward_sources(config.rewards)
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
-    prompts, eval_prompts = load_prompts(config.data, tokenizer, config.seed)
-    check_reward_columns(rewards, list(prompts[0].columns))
-    task = load_task_metric(config.task_metric, eval_prompts)
-    say(
-        f"data: {len(prompts)} prompts, {len(eval_prompts)} held out; {config.sampling.num_generations} "
-        f"completions each; task metric: {task.name if task else 'none'}"
-    )
+    inputs = load_rl_inputs(config, tokenizer, rewards, output_dir, resume_from)
     model = build_policy(config.model, reference_adapter=config.loss.kl_beta > 0)
     use_fast_paths(model, config, generates=True)
     counts = count_parameters(model)
     say(f"policy: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
     reference = ReferencePolicy.for_policy(model) if config.loss.kl_beta > 0 else None
-    resume_step = checkpoint_state(resume_from)["step"] if resume_from else None
-    samples = SampleLog(output_dir / "samples.jsonl", config.sample_every, resume_step)
     trainer = GRPOTrainer(
         config.loss,
         config.sampling,
@@ -121,23 +115,23 @@ def run(config: GRPOConfig) -> RunResult:
         tokenizer=tokenizer,
         reference=reference,
         rewards=rewards,
-        samples=samples,
-        task=task,
+        samples=inputs.samples,
+        task=inputs.task,
     )
     spec = run_spec(
         config,
         output_dir,
         resume_from,
-        items=prompts,
+        items=inputs.prompts,
         collate=collate_prompts,
-        evaluate=partial(trainer.evaluate, prompts=eval_prompts) if eval_prompts else None,
+        evaluate=partial(trainer.evaluate, prompts=inputs.held_out) if inputs.held_out else None,
         save_final=final_saver(tokenizer),
         prepare=trainer.prepare,
         passes_per_batch=config.loss.passes,
         state=trainer,
     )
     result = train(spec, model, trainer.step)
-    say_held_out_outcome(result.history, ["reward", *([task.key] if task else [])])
+    say_held_out_outcome(result.history, ["reward", *([inputs.task.key] if inputs.task else [])])
     say(f"done: {result.step} steps; run directory {output_dir}")
     return result
 

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
-from tunekit.data.prompts import PromptDataConfig, collate_prompts, load_prompts
-from tunekit.errors import ConfigError
+from tunekit.data.prompts import PromptDataConfig, collate_prompts
+from tunekit.errors import require
 from tunekit.models.adapters import check_adapter_use
 from tunekit.models.load import ModelConfig, load_tokenizer
 from tunekit.models.policy import build_policy
 from tunekit.recipes.common import (
     RLRecipeConfig,
+    check_prepared_path,
     final_saver,
+    load_rl_inputs,
     parse_args,
     run_command,
     run_spec,
@@ -32,12 +33,9 @@ from tunekit.recipes.common import (
     use_fast_paths,
 )
 from tunekit.rl.ppo import PPOLossConfig, PPOTrainer
-from tunekit.rl.rewards import RewardSource, check_reward_columns, load_reward_function
+from tunekit.rl.rewards import RewardSource, load_reward_sources
 from tunekit.rl.roles import CriticConfig, SharedRoles, check_reward_model, check_shared_adapter
 from tunekit.rl.rollout import SamplingConfig
-from tunekit.rl.samples import SampleLog
-from tunekit.rl.task import load_task_metric
-from tunekit.train.checkpoint import checkpoint_state
 from tunekit.train.runner import RunResult, train
 from tunekit.train.spec import TrainConfig
 
@@ -82,42 +80,42 @@ class PPOConfig(RLRecipeConfig):
     ppo: PPOLossConfig = field(default_factory=PPOLossConfig)
     train: TrainConfig = field(default_factory=_ppo_train)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        rollouts = self.train.micro_batch_size * self.train.grad_accum_steps * self.sampling.num_generations
+        require(
+            self.ppo.minibatches <= rollouts,
+            "ppo.minibatches",
+            f"is {self.ppo.minibatches}, more than the {rollouts} completions of a rollout batch "
+            "(train.micro_batch_size x train.grad_accum_steps x sampling.num_generations)",
+        )
+        require(
+            self.reward_model is not None or bool(self.rewards),
+            "rewards",
+            "is empty and reward_model is unset: PPO needs a reward (a reward run's final/, or reward functions)",
+        )
+
 
 def check_config(config: PPOConfig) -> None:
     """Refuse what cannot run, naming the key, before anything is loaded or written."""
-    ppo = config.ppo
-    rollouts = config.train.micro_batch_size * config.train.grad_accum_steps * config.sampling.num_generations
-    if ppo.minibatches > rollouts:
-        raise ConfigError(
-            f"ppo.minibatches={ppo.minibatches} is more than the {rollouts} completions of a rollout batch "
-            "(train.micro_batch_size x train.grad_accum_steps x sampling.num_generations)"
-        )
-    if config.reward_model is None and not config.rewards:
-        raise ConfigError("PPO needs a reward: set reward_model (a reward run's final/) or rewards (functions)")
     check_shared_adapter(config.model)
     check_adapter_use(config.model, left_padding=True, earlier="continue")
-    for key, path in (("model.path", config.model.path), ("reward_model", config.reward_model)):
-        if path is not None and path.startswith(("runs/", "./", "../", "/")) and not Path(path).exists():
-            raise ConfigError(f"{key} {path!r} does not exist; {HOW_TO_PREPARE}")
+    check_prepared_path("model.path", config.model.path, HOW_TO_PREPARE)
+    check_prepared_path("reward_model", config.reward_model, HOW_TO_PREPARE)
     if config.reward_model is not None:
         check_reward_model(config.reward_model, config.model.path)
 
 
 def run(config: PPOConfig) -> RunResult:
     check_config(config)
-    reward_functions = [(source, load_reward_function(source.name)) for source in config.rewards]
+    reward_functions = load_reward_sources(config.rewards)
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
-    prompts, eval_prompts = load_prompts(config.data, tokenizer, config.seed)
-    check_reward_columns(reward_functions, list(prompts[0].columns))
-    task = load_task_metric(config.task_metric, eval_prompts)
-    say(f"data: {len(prompts)} prompts, {len(eval_prompts)} held out; task metric: {task.name if task else 'none'}")
+    inputs = load_rl_inputs(config, tokenizer, reward_functions, output_dir, resume_from)
     model = build_policy(config.model, reference_adapter=True)
     roles = SharedRoles(model, config.critic, config.reward_model)
     use_fast_paths(model, config, generates=True)
     say(roles.describe(model))
-    resume_step = checkpoint_state(resume_from)["step"] if resume_from else None
-    samples = SampleLog(output_dir / "samples.jsonl", config.sample_every, resume_step)
     trainer = PPOTrainer(
         config.ppo,
         config.sampling,
@@ -126,16 +124,16 @@ def run(config: PPOConfig) -> RunResult:
         tokenizer=tokenizer,
         roles=roles,
         reward_sources=reward_functions,
-        samples=samples,
-        task=task,
+        samples=inputs.samples,
+        task=inputs.task,
     )
     spec = run_spec(
         config,
         output_dir,
         resume_from,
-        items=prompts,
+        items=inputs.prompts,
         collate=collate_prompts,
-        evaluate=partial(trainer.evaluate, prompts=eval_prompts) if eval_prompts else None,
+        evaluate=partial(trainer.evaluate, prompts=inputs.held_out) if inputs.held_out else None,
         save_final=final_saver(tokenizer),
         prepare=trainer.prepare,
         select=trainer.select,
@@ -143,7 +141,7 @@ def run(config: PPOConfig) -> RunResult:
         state=trainer,
     )
     result = train(spec, model, trainer.step)
-    say_held_out_outcome(result.history, ["reward", "kl", *([task.key] if task else [])])
+    say_held_out_outcome(result.history, ["reward", "kl", *([inputs.task.key] if inputs.task else [])])
     say(f"(KL to the reference in nats per completion; target {config.ppo.kl.target})")
     say(f"done: {result.step} steps; run directory {output_dir}")
     return result
