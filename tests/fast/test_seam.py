@@ -103,3 +103,33 @@ def test_a_rollout_the_own_decoder_cannot_take_says_so_once(capsys, monkeypatch)
     assert not used  # transformers' generate ran both rollouts
     noted = capsys.readouterr().err
     assert noted.count("fast path own-decoder: the sliding window (8) is shorter") == 1
+
+
+def test_a_frozen_reference_copy_runs_its_own_weights_with_the_fast_paths_on():
+    """Full fine-tuning keeps a deep copy as the reference; the patched forwards must belong to the copy."""
+    import copy
+
+    from tunekit.models.logprobs import token_logps
+    from tunekit.models.reference import ReferencePolicy
+
+    policy = adapted("full")
+    reference = ReferencePolicy.for_policy(policy)
+    enable_fast_paths(reference.frozen, FastPathConfig(), generates=False)
+    enable_fast_paths(policy, FastPathConfig())
+    twin = copy.deepcopy(policy)  # a copy made after the paths are on must be independent too
+    ids = torch.randint(3, 400, (2, 12), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    batch["labels"][:, :4] = -100
+
+    def logps(model: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return token_logps(model, batch)[0]
+
+    start = reference.run(policy, logps)
+    assert torch.allclose(logps(twin), start, atol=1e-6)
+    with torch.no_grad():
+        for param in policy.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    assert torch.equal(reference.run(policy, logps), start)
+    assert torch.allclose(logps(twin), start, atol=1e-6)
+    assert not torch.allclose(logps(policy), start, atol=1e-3)

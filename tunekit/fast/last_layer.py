@@ -1,7 +1,7 @@
 """The last decoder layer of a padding-free training forward, computed only at the rows whose logits are used.
 
-A training forward needs logits only where there is a label (:func:`tunekit.models.logprobs.logits_at`): about 60%
-of the tokens of GSM8K SFT, fewer where prompts are long. Every layer but the last must still run at every token,
+A training forward needs logits only where there is a label (:func:`tunekit.models.logprobs.logits_at`): the
+completion tokens, not the prompt's or the padding's. Every layer but the last must still run at every token,
 because later tokens read its keys and values. The last layer's keys and values are needed at every token too,
 but its query projection, attention, output projection and MLP only at the rows whose logits are kept: most of
 the layer's weights, skipped at every token without a label, in the forward and the backward. A CPU path: on a
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import sys
+import types
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -59,7 +60,7 @@ def install(model: torch.nn.Module) -> None:
     ``keep_rows``. Idempotent; the weights and the module tree are unchanged."""
     layer = _base_model(model).model.layers[-1]
     if not getattr(layer, _MARK, False):
-        layer.forward = _keeping_rows(layer, layer.forward, _rotate_half(layer))
+        layer.forward = types.MethodType(_keeping_rows, layer)
         setattr(layer, _MARK, True)
 
 
@@ -79,26 +80,25 @@ def _base_model(model: torch.nn.Module) -> torch.nn.Module:
     return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
 
 
-def _keeping_rows(layer: torch.nn.Module, forward: Callable[..., Any], rotate_half: Callable) -> Callable[..., Any]:
-    def keeping_rows(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        # get, not pop: under train.compile this wrapper is traced inside the compiled block, and dynamo fails on a
-        # mutated kwargs dict (a KeyError for the next keyword). Only logits_at passes the key, and only when set.
-        keep = kwargs.get(KEEP_ROWS)
-        if keep is None:
-            return forward(hidden_states, *args, **kwargs)
-        run = partial(
-            _kept_rows_forward,
-            layer,
-            keep=keep,
-            segments=kwargs["segments"],
-            position_embeddings=kwargs["position_embeddings"],
-            rotate_half=rotate_half,
-        )
-        if getattr(layer, "gradient_checkpointing", False) and layer.training:
-            return layer._gradient_checkpointing_func(run, hidden_states)
-        return run(hidden_states)
-
-    return keeping_rows
+def _keeping_rows(layer: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """The wrapped layer's forward, bound to it as a method, so that a deep copy of the model (a frozen reference
+    policy) gets a forward of its own copy rather than one that still runs this layer."""
+    # get, not pop: under train.compile this wrapper is traced inside the compiled block, and dynamo fails on a
+    # mutated kwargs dict (a KeyError for the next keyword). Only logits_at passes the key, and only when set.
+    keep = kwargs.get(KEEP_ROWS)
+    if keep is None:
+        return type(layer).forward(layer, hidden_states, *args, **kwargs)
+    run = partial(
+        _kept_rows_forward,
+        layer,
+        keep=keep,
+        segments=kwargs["segments"],
+        position_embeddings=kwargs["position_embeddings"],
+        rotate_half=_rotate_half(layer),
+    )
+    if getattr(layer, "gradient_checkpointing", False) and layer.training:
+        return layer._gradient_checkpointing_func(run, hidden_states)
+    return run(hidden_states)
 
 
 def _kept_rows_forward(

@@ -18,6 +18,8 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
+from tunekit.fast import COMPILED, fast_paths_of
+
 REFERENCE_ADAPTER = "reference"
 T = TypeVar("T")
 
@@ -36,6 +38,9 @@ class ReferencePolicy:
     def for_policy(cls, policy: torch.nn.Module) -> ReferencePolicy:
         peft_config = getattr(unwrap(policy), "peft_config", None)
         if not peft_config:
+            if fast_paths_of(policy).uses(COMPILED):
+                # A compiled block's forward is a closure over the block it was compiled from; a copy would keep it.
+                raise RuntimeError("ReferencePolicy.for_policy must copy the policy before its blocks are compiled")
             frozen = copy.deepcopy(unwrap(policy)).eval()
             frozen.requires_grad_(False)
             return cls("frozen_copy", frozen)

@@ -16,6 +16,7 @@ from tunekit.data.prompts import PromptExample, load_prompts
 from tunekit.errors import ConfigError, exit_on_user_error, require
 from tunekit.fast import FastPaths, enable_fast_paths
 from tunekit.models.load import ModelConfig
+from tunekit.models.reference import ReferencePolicy
 from tunekit.rl.rewards import check_reward_columns
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import TaskMetric, load_task_metric
@@ -156,10 +157,15 @@ def run_spec(config: RecipeConfig, output_dir: Path, resume_from: Path | None, *
     )
 
 
-def use_fast_paths(model: torch.nn.Module, config: RecipeConfig, generates: bool = False) -> FastPaths:
+def use_fast_paths(
+    model: torch.nn.Module, config: RecipeConfig, generates: bool = False, reference: ReferencePolicy | None = None
+) -> FastPaths:
     """Turn on the fast paths ``config.model.fast_paths`` allows on the prepared ``model`` (``generates``: the
     recipe samples from it), say which, and record them in the config that config.yaml will hold (a path that did
-    not turn on is written as false)."""
+    not turn on is written as false). A ``reference`` that keeps a frozen copy of the policy (full fine-tuning)
+    gets the same paths, uncompiled: it only runs without gradients."""
+    if reference is not None and reference.frozen is not None:
+        enable_fast_paths(reference.frozen, config.model.fast_paths, generates=False)
     paths = enable_fast_paths(model, config.model.fast_paths, compile=config.train.compile, generates=generates)
     config.model.fast_paths = paths.resolved(config.model.fast_paths)
     say(paths.summary())

@@ -101,10 +101,10 @@ def run(config: DPOConfig) -> RunResult:
     collate = partial(collate_pairs, pad_id=tokenizer.pad_token_id, pad_to_multiple_of=config.train.pad_to_multiple_of)
 
     model = build_policy(config.model, reference_adapter=config.loss.loss_type not in REFERENCE_FREE)
-    use_fast_paths(model, config)
+    reference = None if config.loss.loss_type in REFERENCE_FREE else ReferencePolicy.for_policy(model)
+    use_fast_paths(model, config, reference=reference)
     counts = count_parameters(model)
     say(f"policy: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
-    reference = None if config.loss.loss_type in REFERENCE_FREE else ReferencePolicy.for_policy(model)
     if reference is not None:
         say(f"reference policy: {reference.kind.replace('_', ' ')}")
     on_start = None

@@ -103,10 +103,10 @@ def run(config: GRPOConfig) -> RunResult:
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
     inputs = load_rl_inputs(config, tokenizer, rewards, output_dir, resume_from)
     model = build_policy(config.model, reference_adapter=config.loss.kl_beta > 0)
-    use_fast_paths(model, config, generates=True)
+    reference = ReferencePolicy.for_policy(model) if config.loss.kl_beta > 0 else None
+    use_fast_paths(model, config, generates=True, reference=reference)
     counts = count_parameters(model)
     say(f"policy: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
-    reference = ReferencePolicy.for_policy(model) if config.loss.kl_beta > 0 else None
     trainer = GRPOTrainer(
         config.loss,
         config.sampling,
