@@ -21,6 +21,9 @@ from tunekit.errors import ConfigError, InvalidValue
 
 C = TypeVar("C")
 
+# Keys that moved, and where to: a config written for an earlier tunekit gets the new key, not a near-miss guess.
+MOVED_KEYS = {"data.padding_free": "model.fast_paths.padding_free"}
+
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
     """Build ``cls`` from an optional YAML file and ``key.sub=value`` overrides (applied in order, last wins)."""
@@ -76,6 +79,8 @@ def from_dict(cls: type[C], raw: dict[str, Any], prefix: str = "", base: C | Non
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in fields:
+            if prefix + str(key) in MOVED_KEYS:
+                raise ConfigError(f"config key {prefix}{key!s} is now {MOVED_KEYS[prefix + str(key)]}")
             raise ConfigError(_unknown_key_message(prefix + str(key), list(fields), prefix))
         hint = hints[key]
         if dataclasses.is_dataclass(hint):

@@ -11,7 +11,7 @@ A batch is a dict of tensors:
 
 A padding-free batch (:func:`collate_padding_free`) has no padding at all: one row [1, N] of every example end
 to end, ``position_ids`` restarting per example and ``seq_lens`` [n], for models switched to
-:mod:`tunekit.models.varlen` attention, which keeps each example to itself (:class:`~tunekit.data.segments.Segments`).
+:mod:`tunekit.fast.varlen` attention, which keeps each example to itself (:class:`~tunekit.data.segments.Segments`).
 
 Position ids alone do not isolate packed examples in transformers' attention on the CPU; the explicit 4D mask
 does, and gives the same logits as running each example on its own.
@@ -119,7 +119,7 @@ def model_inputs(batch: dict[str, torch.Tensor], model: Any) -> dict[str, torch.
     sdpa takes the boolean mask as it is; eager attention adds the mask to its scores, so it gets 0 / -inf.
     """
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    if "seq_lens" in batch:  # padding-free: one example per segment (see tunekit.models.varlen)
+    if "seq_lens" in batch:  # padding-free: one example per segment (see tunekit.fast.varlen)
         inputs["segments"] = Segments([(int(n),) for n in batch["seq_lens"].tolist()])
         return inputs
     mask = inputs["attention_mask"]

@@ -1,6 +1,6 @@
 """The segments of a padding-free row: which examples, and which shared prompts, one row of tokens holds.
 
-The batches the data layer builds carry them, and the attention of :mod:`tunekit.models.varlen` reads them; the
+The batches the data layer builds carry them, and the attention of :mod:`tunekit.fast.varlen` reads them; the
 type lives here, in the lower layer, so that data never imports the models.
 """
 

@@ -55,5 +55,5 @@ def load_eval_model(config: ModelConfig, device: str, path: str | None = None) -
     # A bitsandbytes-quantized model is already placed where it runs and cannot be moved.
     if config.quantization == "none":
         model = model.to(device)
-    enable_fast_paths(model, config.fast_paths, generates=True)
+    enable_fast_paths(model, config.fast_paths, generates=True, device=device)
     return model

@@ -7,7 +7,7 @@ loads only after the evaluated model is done with, so that one model is in memor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ from tunekit.data.sources import Rows
 from tunekit.eval.data import EvalDataConfig, build_prompts, require_column
 from tunekit.eval.model import load_eval_model
 from tunekit.eval.sampling import GenerationConfig, generate
+from tunekit.fast import fast_paths_of
 from tunekit.models.load import ModelConfig, load_tokenizer
 from tunekit.rl.rewards import RewardFn, RewardSource
 
@@ -50,10 +51,12 @@ def opponent_completions(
     generation: GenerationConfig,
     batch_size: int,
     select_by: Sequence[tuple[RewardSource, RewardFn]] = (),
+    say: Callable[[str], None] = print,
 ) -> list[str]:
     """[P] the opponent's completions: the references, or what the opponent model generates with the evaluated
-    model's settings (dtype, quantisation, generation)."""
+    model's settings (dtype, quantisation, fast-path switches, generation). ``say`` gets its fast paths."""
     if not opponent.is_model:
         return opponent.completions
     generator = load_eval_model(model, device, path=opponent.path)
+    say(f"opponent {fast_paths_of(generator).summary()}")
     return generate(generator, opponent.tokenizer, opponent.prompts, generation, batch_size, select_by).completions

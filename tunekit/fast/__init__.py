@@ -3,8 +3,9 @@
 Every path computes what plain transformers + peft compute, only faster; each is turned on here, by
 :func:`enable_fast_paths`, called once by each recipe on its prepared model (loaded, adapted, not yet handed to
 accelerate). It returns a :class:`FastPaths` record of what it turned on and why the rest is off; the recipe
-prints it and writes the resolved switches into ``config.yaml``. The rest of tunekit asks this module, never the
-paths' own modules, whether a path is on (:func:`fast_paths_of`).
+prints it and writes the resolved switches into ``config.yaml``. The rest of tunekit asks the record
+(:func:`fast_paths_of`) whether a path is on, or, at the two places that reroute a forward (log-probs), the path's
+own state (:func:`tunekit.fast.varlen.enabled`, :func:`tunekit.fast.last_layer.installed`).
 
 =====================  ==========  ============================================================================
 path                   hardware    what it does
@@ -100,12 +101,18 @@ PLAIN = FastPaths()
 
 
 def enable_fast_paths(
-    model: torch.nn.Module, config: FastPathConfig, compile: bool = False, generates: bool = True
+    model: torch.nn.Module,
+    config: FastPathConfig,
+    compile: bool = False,
+    generates: bool = True,
+    device: str | None = None,
 ) -> FastPaths:
     """Turn on the paths ``config`` allows that apply to ``model`` (a transformers model or a peft wrapper of one,
     loaded and adapted, not yet wrapped by accelerate); ``compile`` is ``train.compile``, and ``generates`` says
-    whether the run samples from the model (without it the decoding paths are left out of the record). Returns the
-    record, which is also kept on the model for :func:`fast_paths_of`. Call it once per model."""
+    whether the run samples from the model (without it the decoding paths are left out of the record). ``device``
+    is where the model will run (default: the GPU when there is one, as the runner places it). Returns the record,
+    which is also kept on the model for :func:`fast_paths_of`. Call it once per model, and copy a model (a frozen
+    reference) before, not after: a compiled block keeps the block it was compiled from."""
     from tunekit.fast import compiled, decode, last_layer, lean_lora, varlen
     from tunekit.fast.internals import broken_assumptions
 
@@ -117,7 +124,7 @@ def enable_fast_paths(
         _keep(model, paths)
         return paths
     broken = broken_assumptions()
-    on_gpu = torch.cuda.is_available()
+    on_gpu = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
 
     def attempt(key: str, why_not: str | None, turn_on: Any = None) -> bool:
         name = PATHS[key]
@@ -134,7 +141,8 @@ def enable_fast_paths(
             return True
         return False
 
-    attempt("lean_lora", None, lambda: None if lean_lora.use_lean_forward(model) else "no plain LoRA layer")
+    no_plain = "no plain LoRA layer (DoRA and other variants keep peft's forward)"
+    attempt("lean_lora", None, lambda: None if lean_lora.use_lean_forward(model) else no_plain)
     padding_free = attempt("padding_free", varlen.unsupported(model, on_gpu), lambda: varlen.enable(model))
     if not padding_free:
         trimmed_refusal = "needs padding-free"
@@ -150,6 +158,8 @@ def enable_fast_paths(
             packed_refusal = "needs own-decoder"
         elif on_gpu or not torch.backends.mkldnn.is_available():
             packed_refusal = "a CPU path with oneDNN"
+        elif (dtype := _weights_dtype(model)) != torch.float32:
+            packed_refusal = f"packs fp32 weights; the model's are {dtype}"
         attempt("packed_decode", packed_refusal)
     if compile:
         if COMPILED in broken:
@@ -162,6 +172,13 @@ def enable_fast_paths(
             paths.off[COMPILED] = "the model has no transformer blocks to compile"
     _keep(model, paths)
     return paths
+
+
+def _weights_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of the model's floating-point weights (the first found; 4-bit weights are stored as integers)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point() and not p.requires_grad), None) or next(
+        (p.dtype for p in model.parameters() if p.is_floating_point()), None
+    )
 
 
 def _relevant(generates: bool) -> list[str]:

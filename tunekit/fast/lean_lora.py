@@ -34,15 +34,18 @@ import torch.nn.functional as F
 
 
 def use_lean_forward(model: torch.nn.Module) -> int:
-    """Give every plain ``peft`` LoRA ``Linear`` of ``model`` the lean forward; returns how many were switched."""
+    """Give every ``peft`` LoRA ``Linear`` of ``model`` the lean forward, if its active adapter is plain LoRA in at
+    least one of them; returns how many are plain (0: none switched: DoRA and other variants keep peft's own)."""
     from peft.tuners.lora.layer import Linear
 
-    switched = 0
-    for module in model.modules():
-        if type(module) is Linear:
-            module.forward = types.MethodType(lean_forward, module)
-            switched += 1
-    return switched
+    layers = [module for module in model.modules() if type(module) is Linear]
+    plain = sum(plain_lora_adapter(layer, (), {}) is not None for layer in layers)
+    if plain:
+        # Every layer, not only the plain ones: adapters added later (PPO's critic) may be plain, and a call the
+        # lean forward does not cover goes to peft's own.
+        for layer in layers:
+            layer.forward = types.MethodType(lean_forward, layer)
+    return plain
 
 
 def lean_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from tunekit.errors import require
 from tunekit.losses import LossOutput
 
 LossType = Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"]
@@ -60,16 +61,16 @@ class PreferenceLossConfig:
     def __post_init__(self) -> None:
         if self.loss_type not in PREFERENCE_LOSSES:
             raise _unknown_type(self.loss_type)
-        if not self.beta > 0:
-            raise ValueError(f"beta must be positive; got {self.beta}")
-        if self.loss_type == "robust" and not 0.0 <= self.label_smoothing < 0.5:
+        require(self.beta > 0, "beta", f"must be positive, got {self.beta}")
+        eps = self.label_smoothing
+        if self.loss_type == "robust":
             # The robust loss divides by 1 - 2 * label_smoothing.
-            raise ValueError(f"label_smoothing must lie in [0, 0.5) for the robust loss; got {self.label_smoothing}")
-        if self.loss_type == "simpo" and not 0.0 <= self.label_smoothing <= 0.5:
-            raise ValueError(f"label_smoothing must lie in [0, 0.5] for simpo; got {self.label_smoothing}")
-        if self.loss_type not in ("robust", "simpo") and self.label_smoothing != 0.0:
+            require(0.0 <= eps < 0.5, "label_smoothing", f"must lie in [0, 0.5) for the robust loss, got {eps}")
+        elif self.loss_type == "simpo":
+            require(0.0 <= eps <= 0.5, "label_smoothing", f"must lie in [0, 0.5] for simpo, got {eps}")
+        else:
             # Silently ignoring it would let a run believe it trained with smoothing.
-            raise ValueError(f"label_smoothing is used only by 'robust' and 'simpo', not {self.loss_type!r}")
+            require(eps == 0.0, "label_smoothing", f"is used only by 'robust' and 'simpo', not {self.loss_type!r}")
 
 
 REFERENCE_FREE = frozenset({"simpo", "orpo"})

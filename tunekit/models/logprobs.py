@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from tunekit.fast import last_layer, varlen
+from tunekit.fast import last_layer, note_once, varlen
 from tunekit.losses.reduce import label_log_softmax, selective_log_softmax
 from tunekit.losses.sft import IGNORE_INDEX
 
@@ -118,7 +118,8 @@ def padding_free_view(batch: dict[str, Any]) -> PaddingFreeView | None:
             continue
         first, last = int(real[0]), int(real[-1])
         if last - first + 1 != len(real):
-            return None  # a gap inside a row: keep the padded computation
+            note_once("padding-free", "a batch with padding inside a row runs padded")
+            return None
         split = int(labelled[0]) + 1  # the first label's column; the prompt is [first, split)
         key = (tuple(ids[row, first:split].tolist()), tuple(positions[row, first:split].tolist()))
         groups.setdefault(key, []).append((row, first, split))

@@ -115,7 +115,6 @@ def run(config: EvalConfig) -> EvalResult:
     set_seed(config.seed)
     model = load_eval_model(config.model, device)
     paths = fast_paths_of(model)
-    config.model.fast_paths = paths.resolved(config.model.fast_paths)  # what config.yaml records
     say(f"model: {config.model.path} on {device}; {paths.summary()}")
     results = {}
     generations = None
@@ -130,9 +129,11 @@ def run(config: EvalConfig) -> EvalResult:
     if judge is not None and opponent is not None and generations is not None:
         if opponent.is_model:
             say(f"opponent: {opponent.path}, generating with the same settings")
-        theirs = opponent_completions(opponent, config.model, device, gen, config.batch_size, select_by)
+        theirs = opponent_completions(opponent, config.model, device, gen, config.batch_size, select_by, say)
         results["win_rate"] = win_rate(prompts, generations.completions, theirs, judge, config.win_rate.tie_margin)
     results = {name: results[name] for name in tasks}
+    # config.yaml records the evaluated model's paths; the opponent (loaded above) took the switches as given.
+    config.model.fast_paths = paths.resolved(config.model.fast_paths)
     seconds = time.perf_counter() - started
     done = write_results(Path(config.output_dir), config, results, prompts, generations, seconds)
     say("results: " + ", ".join(f"{k} {v:.4g}" for k, v in done.metrics.items() if v is not None))

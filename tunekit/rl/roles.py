@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import torch
 
-from tunekit.errors import ConfigError, ModelError
+from tunekit.errors import ConfigError, ModelError, require
 from tunekit.models.adapters import count_parameters
 from tunekit.models.load import ModelConfig, adapter_base, adapter_dir, resolve_model_path
 from tunekit.models.reference import REFERENCE_ADAPTER, unwrap
@@ -52,6 +52,11 @@ class CriticConfig:
     # A small adapter is enough: the value head reads the critic's last hidden state, and every adapter here
     # adds to the one shared base (see docs/ppo.md for the parameter budget).
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def __post_init__(self) -> None:
+        require(self.r >= 1, "r", f"must be at least 1, got {self.r}")
+        require(self.alpha > 0, "alpha", f"must be positive, got {self.alpha}")
+        require(bool(self.target_modules), "target_modules", "is empty; name the linear layers the critic adapts")
 
 
 def same_base(a: str, b: str) -> bool:
