@@ -26,6 +26,11 @@ CASES = {
         lambda good, col: [json.dumps(good), "[1, 2]"],
         "d.jsonl line 2 is a JSON list, expected an object",
     ),
+    # A Latin-1 byte, as a file saved in a legacy encoding holds.
+    "not UTF-8": (
+        lambda good, col: [json.dumps(good), json.dumps(good).replace('"', '\udcff"', 1)],
+        "d.jsonl line 2 is not valid UTF-8 (byte 0xff at column 2); save the file as UTF-8",
+    ),
 }
 
 
@@ -35,7 +40,8 @@ def test_malformed_input(tmp_path, capsys, recipe, case):
     module, good, column = RECIPES[recipe]
     make_lines, message = CASES[case]
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(line + "\n" for line in make_lines(good, column)))
+    # surrogateescape writes a lone "\udcff" as the byte 0xff
+    data.write_bytes("".join(line + "\n" for line in make_lines(good, column)).encode("utf-8", "surrogateescape"))
     out = tmp_path / "run"
     argv = [f"output_dir={out}", f"data.path={data}", "model.path=tiny-llama", "data.eval_fraction=0"]
     with pytest.raises(SystemExit) as exit_info:
@@ -61,6 +67,9 @@ VALUES = [
     ("sft", "model.adapter.r=0", "model.adapter.r must be at least 1, got 0"),
     ("reward", "model.adapter.dropout=1", "model.adapter.dropout must be in [0, 1), got 1.0"),
     ("grpo", "sampling.top_p=0", "sampling.top_p must be in (0, 1], got 0.0"),
+    ("sft", "max_steps=0", "max_steps must be at least 1 or null (no cap), got 0"),
+    ("dpo", "max_steps=-5", "max_steps must be at least 1 or null (no cap), got -5"),
+    ("sft", "data.padding_free=false", "config key data.padding_free is now model.fast_paths.padding_free"),
 ]
 
 
@@ -73,4 +82,36 @@ def test_out_of_range_value(tmp_path, capsys, recipe, override, message):
     assert exit_info.value.code == USER_ERROR_EXIT_CODE
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line == f"tunekit error: {message}"
+    assert not out.exists()
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    """Files saved on Windows or exported from spreadsheets begin with one; jsonl and csv alike."""
+    from tunekit.data.sources import read_rows
+
+    (tmp_path / "d.jsonl").write_text("\ufeff" + json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    (tmp_path / "d.csv").write_text("\ufeffprompt,completion\na,b\n")
+    for name in ("d.jsonl", "d.csv"):
+        assert read_rows(str(tmp_path / name)).rows == [{"prompt": "a", "completion": "b"}]
+
+
+def test_output_dir_that_is_a_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(lambda: sft.main([f"output_dir={out}", "max_steps=1"]))
+    assert exit_info.value.code == USER_ERROR_EXIT_CODE
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line == f"tunekit error: output_dir {out} is a file, not a folder; choose another output_dir"
+    assert out.read_text() == "not a folder"
+
+
+def test_compile_with_every_fast_path_off(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(
+            lambda: sft.main([f"output_dir={out}", "train.compile=true", "model.fast_paths.enabled=false"])
+        )
+    assert exit_info.value.code == USER_ERROR_EXIT_CODE
+    assert "train.compile needs model.fast_paths.enabled=true" in capsys.readouterr().err
     assert not out.exists()

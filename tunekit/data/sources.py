@@ -52,7 +52,10 @@ def read_rows(path: str, split: str = "train") -> Rows:
         if suffix in (".jsonl", ".json"):
             return _read_json(local)
         if suffix in _TABULAR:
-            return Rows(str(local), _load_with_datasets(_TABULAR[suffix], str(local), split, data_files=str(local)))
+            if _TABULAR[suffix] == "csv":
+                _utf8_text(local)  # a readable message, naming the line, before the csv reader's own
+            rows = _load_with_datasets(_TABULAR[suffix], str(local), split, data_files=str(local))
+            return Rows(str(local), [_without_bom(row) for row in rows] if _TABULAR[suffix] == "csv" else rows)
         raise DataError(
             f"data file {local} has an unsupported extension {suffix!r} (use .jsonl, .json, .parquet, .csv)"
         )
@@ -65,8 +68,28 @@ def read_rows(path: str, split: str = "train") -> Rows:
     return Rows(path, _load_with_datasets(path, path, split))
 
 
+def _utf8_text(path: Path) -> str:
+    """The file's text, without the byte-order mark that files saved on Windows or from spreadsheets begin with; a
+    byte that is not UTF-8 is a DataError naming its line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(
+            f"{path} line {line} is not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {column}); save the file "
+            "as UTF-8"
+        ) from None
+
+
+def _without_bom(row: dict[str, Any]) -> dict[str, Any]:
+    """A csv row whose first column name kept the file's byte-order mark, without it."""
+    return {key.lstrip("\ufeff") if isinstance(key, str) else key: value for key, value in row.items()}
+
+
 def _read_json(path: Path) -> Rows:
-    text = path.read_text(encoding="utf-8")
+    text = _utf8_text(path)
     stripped = text.lstrip()
     if path.suffix.lower() == ".json" and stripped.startswith("["):
         try:

@@ -44,6 +44,8 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        steps = self.max_steps
+        require(steps is None or steps >= 1, "max_steps", f"must be at least 1 or null (no cap), got {steps}")
         # train.compile is one of the fast paths (tunekit/fast/compiled.py); a plain run compiles nothing.
         require(
             not (self.train.compile and not self.model.fast_paths.enabled),

@@ -18,6 +18,8 @@ def prepare_output_dir(output_dir: Path, resume: str | None) -> Path | None:
         if not (path / "COMPLETE").is_file():
             raise ConfigError(f"resume={resume!r} is not a complete checkpoint directory (no COMPLETE marker)")
         return path
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir {output_dir} is a file, not a folder; choose another output_dir")
     if output_dir.exists() and any(output_dir.iterdir()):
         if resume == "auto":
             return latest_checkpoint(output_dir)
@@ -50,6 +52,7 @@ def check_room_for_checkpoints(output_dir: Path, checkpoint_bytes: int) -> None:
     needed = 2 * checkpoint_bytes + (16 << 20)
     if free < needed:
         raise ConfigError(
-            f"output_dir {output_dir} has {free / 2**20:.0f} MiB free; a checkpoint of this run needs about "
-            f"{checkpoint_bytes / 2**20:.0f} MiB and two must fit while the older one is pruned"
+            f"output_dir {output_dir} has {free / 2**20:.0f} MiB free, and this run needs {needed / 2**20:.0f} "
+            f"MiB: room for two checkpoints of about {checkpoint_bytes / 2**20:.0f} MiB each (a new one is written "
+            "in full before the older one is pruned) plus 16 MiB for logs and the final save's margin"
         )
