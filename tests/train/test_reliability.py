@@ -187,3 +187,24 @@ def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
     path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')  # not a torn last line: named, not skipped
     with pytest.raises(ValueError):
         MetricsLog(path, resume_step=1)
+
+
+def test_a_resumed_run_flags_the_spikes_the_uninterrupted_run_flags(tmp_path, monkeypatch):
+    poisoned_step(monkeypatch, {14}, scale=100.0)
+    whole = run(config(tmp_path / "whole", "max_steps=16"))
+    monkeypatch.undo()
+    run(config(tmp_path / "split", "max_steps=10", "train.save_every=10"))
+    poisoned_step(monkeypatch, {4}, scale=100.0)  # the resumed run's 4th step is step 14
+    resumed = run(config(tmp_path / "split", "max_steps=16", "resume=auto"))
+    flagged = [[r["step"] for r in result.history if r.get("loss_spike")] for result in (whole, resumed)]
+    assert flagged == [[14], [14]]
+
+
+def test_losses_near_zero_are_no_spikes():
+    from tunekit.train.spikes import MIN_EXCESS, SpikeDetector
+
+    detector = SpikeDetector(factor=5.0)
+    for _ in range(20):
+        assert not detector.is_spike(0.001)
+    assert not detector.is_spike(0.05)  # 50 times the median, but a few hundredths of a nat
+    assert detector.is_spike(0.001 + 2 * MIN_EXCESS)

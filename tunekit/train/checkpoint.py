@@ -31,7 +31,7 @@ from tunekit.train.rng import capture_rng, restore_rng
 
 COMPLETE_MARKER = "COMPLETE"
 # The keys of state.json that are the runner's; every other key belongs to the recipe's state.
-RUNNER_KEYS = frozenset({"step", "epoch", "rng"})
+RUNNER_KEYS = frozenset({"step", "epoch", "rng", "spikes"})
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -102,12 +102,13 @@ def save_checkpoint(
     return final
 
 
-def run_state(epoch: float, recipe_state: dict[str, Any]) -> dict[str, Any]:
-    """The ``state`` to save beside step and RNG: the epoch and the recipe's own state, both at the top level."""
+def run_state(epoch: float, recipe_state: dict[str, Any], spikes: list[float] | None = None) -> dict[str, Any]:
+    """The ``state`` to save beside step and RNG: the epoch, the loss-spike detector's recent losses and the
+    recipe's own state, all at the top level."""
     clash = RUNNER_KEYS & set(recipe_state)
     if clash:
         raise ValueError(f"a recipe's checkpointed state may not use the runner's keys {sorted(clash)}")
-    return {"epoch": epoch, **recipe_state}
+    return {"epoch": epoch, "spikes": spikes or [], **recipe_state}
 
 
 def recipe_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -95,6 +95,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
     start_step = 0
     sharded = is_sharded(accelerator)
+    spikes = SpikeDetector(cfg.spike_factor)
     if resume_from is not None:
         # Under FSDP/ZeRO the optimizer's moments are sharded per process; a checkpoint holds gathered weights,
         # and the moments start afresh (see docs/multi-gpu.md).
@@ -102,6 +103,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
         start_step = saved["step"]
         if spec.state is not None:
             spec.state.load_state_dict(recipe_state(saved))
+        spikes.load_state_dict(saved.get("spikes", []))
         accelerator.print(f"resuming from {resume_from} at step {start_step}")
         if sharded:
             accelerator.print(
@@ -136,7 +138,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                 # A sharded run's moments are split across processes and never restored (see above).
                 None if sharded else (optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer),
                 scheduler,
-                run_state(epoch, spec.state.state_dict() if spec.state is not None else {}),
+                run_state(epoch, spec.state.state_dict() if spec.state is not None else {}, spikes.state_dict()),
                 cfg.keep_checkpoints,
                 experience,
             )
@@ -164,7 +166,6 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             if log is not None:
                 log.write(baseline)
     bad_in_a_row = skipped_total = 0
-    spikes = SpikeDetector(cfg.spike_factor)
     step = start_step
     window_tokens, window_start = 0, time.perf_counter()
     with StopSignal() as stop:
