@@ -208,3 +208,37 @@ def test_losses_near_zero_are_no_spikes():
         assert not detector.is_spike(0.001)
     assert not detector.is_spike(0.05)  # 50 times the median, but a few hundredths of a nat
     assert detector.is_spike(0.001 + 2 * MIN_EXCESS)
+
+
+def test_a_full_disk_during_a_checkpoint_leaves_the_earlier_one_and_resume_works(tmp_path, monkeypatch):
+    from tunekit.train import checkpoint
+
+    real_save = checkpoint.save_file
+    saves = {"n": 0}
+
+    def disk_fills(tensors, path):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise OSError(28, "No space left on device")
+        real_save(tensors, path)
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_fills)
+    with pytest.raises(checkpoint.CheckpointWriteError, match="checkpoint step-4 could not be written .* resume=auto"):
+        run(config(tmp_path / "run", "max_steps=6", "train.save_every=2"))
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-2"]  # no partial .tmp-step-4 left
+    monkeypatch.undo()
+    resumed = run(config(tmp_path / "run", "max_steps=6", "train.save_every=2", "resume=auto"))
+    assert resumed.step == 6 and (tmp_path / "run" / "final").is_dir()
+
+
+def test_a_second_signal_stops_at_once_with_its_own_exit_code(capsys):
+    from tunekit.train.signals import INTERRUPTED_EXIT_CODE, StopSignal
+
+    with StopSignal() as stop:
+        stop._handle(signal.SIGTERM, None)
+        assert stop.received == signal.SIGTERM
+        with pytest.raises(SystemExit) as exit_info:
+            stop._handle(signal.SIGINT, None)
+    assert exit_info.value.code == INTERRUPTED_EXIT_CODE
+    assert "received a second signal (SIGINT) while stopping" in capsys.readouterr().err

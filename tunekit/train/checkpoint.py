@@ -24,13 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tunekit.errors import ConfigError
+from tunekit.errors import ConfigError, UserError
 from tunekit.train.rng import capture_rng, restore_rng
 
 COMPLETE_MARKER = "COMPLETE"
+
+
 # The keys of state.json that are the runner's; every other key belongs to the recipe's state.
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (a full disk, say); the run stops with the earlier checkpoints intact."""
+
+
 RUNNER_KEYS = frozenset({"step", "epoch", "rng", "spikes"})
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -78,6 +85,35 @@ def save_checkpoint(
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_checkpoint_files(tmp, step, trainable, optimizer, scheduler, state, extra_files)
+    except BaseException as err:
+        # Nothing half-written stays behind, whatever stopped the write; the older checkpoints are untouched.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError | SafetensorError):  # a full disk, a lost mount: the user's to fix
+            raise CheckpointWriteError(
+                f"checkpoint step-{step} could not be written in {root}: {err}. The partial copy was removed and "
+                "the earlier checkpoints are intact; free some space and continue with resume=auto"
+            ) from None
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(root)
+    prune_checkpoints(output_dir, keep)
+    return final
+
+
+def _write_checkpoint_files(
+    tmp: Path,
+    step: int,
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any,
+    state: dict[str, Any],
+    extra_files: dict[str, Any] | None,
+) -> None:
+    """Every file of checkpoint ``step`` into the new folder ``tmp``, the COMPLETE marker last."""
     tmp.mkdir()
     # safetensors refuses tensors that share storage; detached contiguous copies are always safe.
     save_file({k: v.detach().contiguous().clone() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
@@ -94,12 +130,6 @@ def save_checkpoint(
         _fsync(written)
     (tmp / COMPLETE_MARKER).write_text("")
     _fsync(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync(root)
-    prune_checkpoints(output_dir, keep)
-    return final
 
 
 def run_state(epoch: float, recipe_state: dict[str, Any], spikes: list[float] | None = None) -> dict[str, Any]:
