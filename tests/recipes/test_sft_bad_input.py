@@ -25,7 +25,8 @@ def write_jsonl(path, rows):
     [
         (["model.adpater.r=4"], "unknown config key 'model.adpater'; did you mean model.adapter?"),
         (["train.lr=fast"], "config key 'train.lr' expects float, got 'fast'"),
-        (["model.path=./no/such/model"], "model.path './no/such/model' could not be loaded"),
+        (["model.path=./no/such/model"], "model.path './no/such/model' does not exist"),
+        (["model.path=no/such/model"], "model.path 'no/such/model' is neither a local directory nor a hub id"),
         (["model.path=no-such-org/no-such-model"], "model.path 'no-such-org/no-such-model' is not a local directory"),
         (["model.adapter.target_modules=[q_proj,qkv]"], "target_modules ['qkv'] match no linear layer"),
         (["model.adapter.method=full", "model.quantization=4bit"], "method=full cannot train quantised weights"),
@@ -58,4 +59,17 @@ def test_quantization_without_bitsandbytes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     err = run_cli([f"output_dir={out}", "model.quantization=4bit"], capsys)
     assert "model.quantization=4bit needs bitsandbytes, which is not installed" in err
+    assert not out.exists()
+
+
+def test_a_model_folder_without_a_tokenizer_is_named(tmp_path, capsys):
+    from tunekit.models.tiny import tiny_model_path
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors"):  # the weights alone, as a bare save_pretrained leaves them
+        (model / name).write_bytes((tiny_model_path("tiny-llama") / name).read_bytes())
+    out = tmp_path / "run"
+    err = run_cli([f"output_dir={out}", f"model.path={model}"], capsys)
+    assert f"model.path '{model}' holds a model but no tokenizer" in err and "sentencepiece" not in err
     assert not out.exists()

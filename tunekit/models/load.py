@@ -191,11 +191,23 @@ def load_score_model(path: str, dtype: torch.dtype = torch.float32) -> torch.nn.
     return model.eval()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def _not_found_message(path: str, err: Exception) -> str:
-    local = Path(path)
+    local = Path(path).expanduser()
     if local.exists() and not (local / "config.json").exists():
         return f"model.path {path!r} is a local path but holds no config.json (not a Hugging Face model directory)"
-    if local.is_absolute() or path.startswith((".", "~")) or local.exists():
+    if local.is_dir() and not any((local / name).exists() for name in TOKENIZER_FILES):
+        return (
+            f"model.path {path!r} holds a model but no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+            "tokenizer beside the weights (tokenizer.save_pretrained)"
+        )
+    if not local.exists() and (local.is_absolute() or path.startswith((".", "~", "runs/"))):
+        return f"model.path {path!r} does not exist"
+    if path.count("/") > 1 and not local.exists():
+        return f"model.path {path!r} is neither a local directory nor a hub id (hub ids read owner/name)"
+    if local.exists():
         return f"model.path {path!r} could not be loaded: {err}"
     return (
         f"model.path {path!r} is not a local directory and could not be loaded as a hub id "
