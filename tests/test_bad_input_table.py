@@ -115,3 +115,19 @@ def test_compile_with_every_fast_path_off(tmp_path, capsys):
     assert exit_info.value.code == USER_ERROR_EXIT_CODE
     assert "train.compile needs model.fast_paths.enabled=true" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_row_without_the_column_a_reward_needs_is_named_before_anything_is_written(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    rows = [{"prompt": f"{i} + 1 =", "answer": str(i + 1)} for i in range(40)]
+    del rows[5]["answer"]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    argv = [f"output_dir={out}", f"data.path={data}", "model.path=tiny-llama", "data.eval_fraction=0"]
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(lambda: grpo.main(argv))
+    assert exit_info.value.code == USER_ERROR_EXIT_CODE
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith(f"tunekit error: {data} line 6 lacks what a reward function needs")
+    assert "'math_correct'" in last_line
+    assert not out.exists()

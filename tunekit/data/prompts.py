@@ -19,6 +19,7 @@ class PromptExample:
     prompt_ids: list[int]
     columns: dict[str, Any]  # the row's other columns (e.g. the reference answer), passed to reward functions
     index: int  # the row's line or row number in its source, as error messages give it
+    where: str = ""  # the same in words, e.g. "prompts.jsonl line 12"
 
 
 @dataclass
@@ -69,7 +70,7 @@ def _prompts(rows: Rows, config: PromptDataConfig, tokenizer: Any) -> list[Promp
             prompt, tokenizer, config.prompt_template, config.max_prompt_length, where, config.prompt_column
         )
         columns = {k: v for k, v in row.items() if k != config.prompt_column}
-        out.append(PromptExample(text, ids, columns, rows.positions[i]))
+        out.append(PromptExample(text, ids, columns, rows.positions[i], where))
     return out
 
 

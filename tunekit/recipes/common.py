@@ -17,7 +17,7 @@ from tunekit.errors import ConfigError, exit_on_user_error, require
 from tunekit.fast import FastPaths, enable_fast_paths
 from tunekit.models.load import ModelConfig
 from tunekit.models.reference import ReferencePolicy
-from tunekit.rl.rewards import check_reward_columns
+from tunekit.rl.rewards import check_reward_rows
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import TaskMetric, load_task_metric
 from tunekit.train.checkpoint import checkpoint_state
@@ -196,7 +196,7 @@ def load_rl_inputs(config: Any, tokenizer: Any, rewards: list, output_dir: Path,
     reward functions' columns checked against them, the task metric and the samples.jsonl log (resumed runs drop
     the lines past their checkpoint)."""
     prompts, held_out = load_prompts(config.data, tokenizer, config.seed)
-    check_reward_columns(rewards, list(prompts[0].columns))
+    check_reward_rows(rewards, [*prompts, *held_out])
     task = load_task_metric(config.task_metric, held_out)
     say(
         f"data: {len(prompts)} prompts, {len(held_out)} held out; {config.sampling.num_generations} completions "

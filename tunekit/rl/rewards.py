@@ -40,7 +40,8 @@ from typing import Any
 import torch
 
 import tunekit
-from tunekit.errors import ConfigError, UserError
+from tunekit.data.prompts import PromptExample
+from tunekit.errors import ConfigError, DataError, UserError
 
 RewardFn = Callable[..., list[float]]
 
@@ -133,6 +134,23 @@ def check_reward_columns(sources: Sequence[tuple[RewardSource, RewardFn]], colum
     ``math_correct``, which needs ``answer``, on rows without one); the error names the function and the columns."""
     for source, fn in sources:
         check_signature(source.name, fn, [*columns, *source.kwargs])
+
+
+def check_reward_rows(sources: Sequence[tuple[RewardSource, RewardFn]], prompts: Sequence[PromptExample]) -> None:
+    """:func:`check_reward_columns` for every row's columns, before anything is written: a row that lacks a column
+    the others have (an ``answer`` missing on one line) is named, file and line, rather than found when sampled."""
+    first_of_each: dict[tuple[str, ...], PromptExample] = {}
+    for prompt in prompts:
+        first_of_each.setdefault(tuple(sorted(prompt.columns)), prompt)
+    for columns, first in first_of_each.items():
+        try:
+            check_reward_columns(sources, list(columns))
+        except RewardFunctionError as err:
+            if len(first_of_each) == 1:  # no row has the column: the function or the data as a whole is at fault
+                raise
+            raise DataError(
+                f"{first.where or f'row {first.index}'} lacks what a reward function needs: {err}"
+            ) from None
 
 
 def load_reward_sources(
