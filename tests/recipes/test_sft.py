@@ -82,3 +82,16 @@ def test_default_command_runs_end_to_end(tmp_path):
     assert records[-1]["loss"] < records[0]["loss"] - 0.5
     assert records[-1]["eval/loss"] < records[0]["loss"]
     assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("verbose", ["0", "1"])
+def test_the_terminal_shows_tunekit_and_not_its_libraries_unless_asked(tmp_path, verbose):
+    env = {**os.environ, "TUNEKIT_VERBOSE": verbose, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "tunekit.recipes.sft", f"output_dir={tmp_path / 'run'}", "max_steps=1"]
+    done = subprocess.run([*argv, "train.progress=false"], capture_output=True, text=True, env=env, check=True)
+    chatter = [m for m in ("Loading weights", "FutureWarning", "Setting accelerator") if m in done.stderr]
+    assert "fast paths: lean-lora" in done.stderr
+    if verbose == "0":
+        assert chatter == []
+    else:  # what the libraries print depends on their versions; transformers' loading bar is always there
+        assert "Loading weights" in chatter

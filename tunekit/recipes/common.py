@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -103,11 +104,31 @@ def run_command(main: Callable[[], R]) -> R:
     """A recipe run as a process (``python -m tunekit.recipes.<name>``, one per rank under a launcher).
 
     A user's mistake exits with code 2 and one message (see :func:`exit_on_user_error`); a finished run leaves
-    its process group before the interpreter shuts down (see :func:`leave_process_group`).
+    its process group before the interpreter shuts down (see :func:`leave_process_group`). The libraries' own
+    chatter stays off the terminal unless ``TUNEKIT_VERBOSE=1`` (see :func:`quiet_dependencies`).
     """
+    quiet_dependencies()
     result = exit_on_user_error(main)
     leave_process_group()
     return result
+
+
+def quiet_dependencies() -> None:
+    """Keep what the libraries print on their own off a run's terminal: transformers' weight-loading bars and
+    notices, its deprecation warnings about calls tunekit does not make itself, and DeepSpeed's accelerator probe.
+    Their errors still show; ``TUNEKIT_VERBOSE=1`` shows everything."""
+    if os.environ.get("TUNEKIT_VERBOSE", "0") not in ("", "0"):
+        return
+    import logging
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    # DeepSpeed sets its logger's level when it is imported, after this runs; a filter stays.
+    logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
 def start_run(config: RecipeConfig) -> tuple[Path, Path | None]:
