@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data.formats import assistant_text, chat_messages, render_chat
+from tunekit.data.sft import TRUNCATION_WARNING_SHARE
 from tunekit.data.sources import Rows, SourceConfig, require_prompt_template, train_eval_rows
 from tunekit.data.synthetic import Generator
 from tunekit.errors import DataError, require
@@ -76,10 +77,16 @@ class PairStats:
     response_truncated: int = 0
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.rows} rows -> {self.rows - self.identical_dropped} pairs; {self.identical_dropped} identical pairs "
             f"dropped, {self.prompt_truncated} prompts and {self.response_truncated} responses truncated"
         )
+        if self.rows and self.response_truncated > TRUNCATION_WARNING_SHARE * self.rows:
+            text += (
+                f". Warning: {self.response_truncated / self.rows:.0%} of the pairs had their responses cut at "
+                "data.max_length, where the difference between them may lie; raise data.max_length"
+            )
+        return text
 
 
 def split_pair(row: dict[str, Any], config: PairDataConfig, tokenizer: Any, where: str) -> tuple[str, str, str, bool]:

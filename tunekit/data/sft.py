@@ -51,6 +51,10 @@ class Example:
     index: int  # the row's line or row number in its source, as error messages and spike reports give it
 
 
+# A data summary warns when more rows than this share were cut at data.max_length.
+TRUNCATION_WARNING_SHARE = 0.05
+
+
 @dataclass
 class TokenizeStats:
     rows: int = 0
@@ -60,11 +64,17 @@ class TokenizeStats:
     trainable_tokens: int = 0
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.rows} rows -> {self.rows - self.dropped} examples, {self.tokens} tokens "
             f"({self.trainable_tokens} trained on); {self.truncated} truncated, {self.dropped} dropped "
             "with no trainable token left"
         )
+        if self.rows and self.truncated > TRUNCATION_WARNING_SHARE * self.rows:
+            text += (
+                f". Warning: {self.truncated / self.rows:.0%} of the rows were cut at data.max_length and lost their "
+                "ends (often the answer they teach); raise data.max_length"
+            )
+        return text
 
 
 def columns_of(config: DataConfig) -> dict[str, str]:
