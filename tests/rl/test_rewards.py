@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from tunekit.errors import ConfigError, UserError
+from tunekit.rl.reward_calls import compute_rewards
 from tunekit.rl.rewards import (
     BUILTIN_REWARDS,
     REPO_ROOT,
     RewardFunctionError,
     RewardSource,
-    compute_rewards,
     load_reward_function,
     load_reward_sources,
 )

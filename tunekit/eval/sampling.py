@@ -3,7 +3,7 @@
 Every mode goes through :func:`tunekit.rl.rollout.generate_rollout`, the same KV-cached, batched generation
 that GRPO trains with, so an evaluation samples exactly as training does. Best-of-n draws n completions per
 prompt and keeps the one that the ``select_by`` reward sources (reward functions or ``model:<dir>`` reward
-models, combined as in :func:`tunekit.rl.rewards.compute_rewards`) score highest.
+models, combined as in :func:`tunekit.rl.reward_calls.compute_rewards`) score highest.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 
 from tunekit.data.prompts import PromptExample
 from tunekit.errors import require
-from tunekit.rl.rewards import RewardFn, RewardSource, compute_rewards
+from tunekit.rl.reward_calls import compute_rewards
+from tunekit.rl.rewards import RewardFn, RewardSource
 from tunekit.rl.rollout import SamplingConfig, check_sampling, generate_rollout
 
 Mode = Literal["greedy", "sample", "best_of_n"]

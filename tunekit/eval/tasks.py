@@ -1,6 +1,6 @@
 """The generation tasks, from completions to metrics: exact-match accuracy and win rate against an opponent.
 
-Both score through :func:`tunekit.rl.rewards.compute_rewards`, so a checker or judge is named exactly like a
+Both score through :func:`tunekit.rl.reward_calls.compute_rewards`, so a checker or judge is named exactly like a
 reward in GRPO: a built-in (``math_correct``, whose answer extraction reads GSM8K's ``#### N``), a
 ``file.py:function``, an import path, or a reward model ``model:<dir>``.
 """
@@ -16,7 +16,8 @@ import torch
 from tunekit.data.prompts import PromptExample
 from tunekit.errors import require
 from tunekit.eval.sampling import Generations
-from tunekit.rl.rewards import RewardFn, RewardSource, compute_rewards, load_reward_function
+from tunekit.rl.reward_calls import compute_rewards
+from tunekit.rl.rewards import RewardFn, RewardSource, load_reward_function
 
 TASKS = ("exact_match", "perplexity", "win_rate")
 GENERATION_TASKS = ("exact_match", "win_rate")

@@ -18,7 +18,7 @@ from tunekit.errors import ConfigError, exit_on_user_error, require
 from tunekit.fast import FastPaths, enable_fast_paths
 from tunekit.models.load import ModelConfig
 from tunekit.models.reference import ReferencePolicy
-from tunekit.rl.rewards import check_reward_rows
+from tunekit.rl.reward_calls import check_reward_rows
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import TaskMetric, load_task_metric
 from tunekit.train.checkpoint import checkpoint_state

@@ -14,7 +14,7 @@ from tunekit.losses.shaping import Truncation, grpo_rewards_and_keep
 from tunekit.models.logprobs import token_logps
 from tunekit.models.reference import ReferencePolicy
 from tunekit.rl.evaluation import sampled_and_greedy_means
-from tunekit.rl.rewards import compute_rewards
+from tunekit.rl.reward_calls import compute_rewards
 from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_rollout
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import TaskMetric

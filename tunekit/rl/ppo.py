@@ -33,7 +33,7 @@ from tunekit.losses.reduce import masked_mean, masked_whiten, selective_log_soft
 from tunekit.losses.shaping import adaptive_kl_coef, kl_penalized_rewards
 from tunekit.models.logprobs import token_logps
 from tunekit.rl.evaluation import sampled_and_greedy_means
-from tunekit.rl.rewards import compute_rewards
+from tunekit.rl.reward_calls import compute_rewards
 from tunekit.rl.roles import SharedRoles
 from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_rollout
 from tunekit.rl.samples import SampleLog

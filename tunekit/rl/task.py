@@ -21,14 +21,8 @@ import torch
 
 from tunekit.data.prompts import PromptExample
 from tunekit.errors import ConfigError
-from tunekit.rl.rewards import (
-    REWARD_MODEL_PREFIX,
-    RewardFn,
-    RewardSource,
-    check_signature,
-    compute_rewards,
-    load_reward_function,
-)
+from tunekit.rl.reward_calls import check_signature, compute_rewards
+from tunekit.rl.rewards import REWARD_MODEL_PREFIX, RewardFn, RewardSource, load_reward_function
 from tunekit.rl.rollout import Rollout
 
 AUTO = "auto"
