@@ -1,10 +1,14 @@
 """Kill a tiny training run with SIGKILL at random moments, resume it, and compare with an uninterrupted run.
 
-    python tests/train/kill_trials.py [--trials 20] [--seed 0] [--root DIR]
+    python tests/train/kill_trials.py [--trials 20] [--seed 0] [--root DIR] [--damage]
 
 Children are started from a fork server that has already imported torch and tunekit, so each trial costs a
 couple of seconds rather than an interpreter start-up. With a checkpoint after every step, many kills land while
 a checkpoint is being written; the script counts those (a leftover ``.tmp-step-*`` directory) and reports them.
+
+With ``--damage``, every other trial whose kill left a checkpoint also damages the newest one after the kill (a
+truncated weights file, a garbage state.json, a truncated optimizer state, in turn), as a failing disk would: the
+resumed run must pass over it to the one before and still end with the uninterrupted run's adapter.
 """
 
 from __future__ import annotations
@@ -47,7 +51,20 @@ def _final(output_dir: Path) -> dict:
     return load_file(str(output_dir / "final" / "adapter_model.safetensors"))
 
 
-def kill_trials(root: Path, trials: int, seed: int) -> dict:
+def _damage(checkpoint: Path, kind: int) -> str:
+    """Damage one file of ``checkpoint`` in the ``kind``-th way (cycling); returns what was done."""
+    name, how = [("trainable.safetensors", "truncate"), ("state.json", "garbage"), ("optimizer.pt", "truncate")][
+        kind % 3
+    ]
+    path = checkpoint / name
+    if how == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_text("{not json")
+    return f"{how} {name}"
+
+
+def kill_trials(root: Path, trials: int, seed: int, damage: bool = False) -> dict:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "transformers", "peft", "tunekit.recipes.sft"])
     rng = random.Random(seed)
@@ -69,8 +86,9 @@ def kill_trials(root: Path, trials: int, seed: int) -> dict:
         "resumed_from_step": [],
         "max_abs_diff": 0.0,
         "finished_before_the_kill": 0,
+        "damaged_newest_checkpoint": [],
     }
-    trial = 0
+    trial = left_a_checkpoint = 0
     while trial < trials:
         out = root / f"trial-{trial}"
         child = ctx.Process(target=_train, args=(str(out), []))
@@ -91,6 +109,12 @@ def kill_trials(root: Path, trials: int, seed: int) -> dict:
         if checkpoints.is_dir() and any(p.name.startswith(".tmp-step-") for p in checkpoints.iterdir()):
             report["killed_during_checkpoint_write"] += 1
         complete = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*")) if checkpoints.is_dir() else []
+        if complete:
+            left_a_checkpoint += 1
+        if damage and complete and left_a_checkpoint % 2 == 0:
+            done = _damage(checkpoints / f"step-{complete[-1]}", len(report["damaged_newest_checkpoint"]))
+            report["damaged_newest_checkpoint"].append(f"step-{complete[-1]}: {done}")
+            complete = complete[:-1]
         report["resumed_from_step"].append(complete[-1] if complete else 0)
         resume = ctx.Process(target=_train, args=(str(out), ["resume=auto"]))
         resume.start()
@@ -112,9 +136,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--damage", action="store_true", help="damage the newest checkpoint every other time")
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="tunekit-kill-"))
-    print(json.dumps(kill_trials(root, args.trials, args.seed)))
+    print(json.dumps(kill_trials(root, args.trials, args.seed, args.damage)))
 
 
 if __name__ == "__main__":

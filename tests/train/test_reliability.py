@@ -132,8 +132,9 @@ def test_random_kills_always_resume_to_the_uninterrupted_result(tmp_path, tiny_l
     sys.path.insert(0, os.path.dirname(__file__))
     from kill_trials import kill_trials
 
-    report = kill_trials(tmp_path, trials=10, seed=0)
+    report = kill_trials(tmp_path, trials=10, seed=0, damage=True)
     assert len(report["resumed_from_step"]) == 10
+    assert len(report["damaged_newest_checkpoint"]) >= 2, report  # every other trial whose kill left a checkpoint
     assert report["max_abs_diff"] <= 1e-6, report
 
 
@@ -242,3 +243,95 @@ def test_a_second_signal_stops_at_once_with_its_own_exit_code(capsys):
             stop._handle(signal.SIGINT, None)
     assert exit_info.value.code == INTERRUPTED_EXIT_CODE
     assert "received a second signal (SIGINT) while stopping" in capsys.readouterr().err
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_middle_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated weights": ("trainable.safetensors", _truncate, "trainable.safetensors has"),
+    "garbage state": ("state.json", lambda p: p.write_text("{not json"), "state.json has"),
+    "truncated optimizer": ("optimizer.pt", _truncate, "optimizer.pt has"),
+    "flipped byte": ("scheduler.pt", _flip_middle_byte, "scheduler.pt differs from what was written"),
+}
+
+
+def _interrupted_after_saving(monkeypatch, out, stop_step, *overrides):
+    """Run until checkpoint ``stop_step`` is written, then stop as a kill would (no final save)."""
+    from tunekit.train import runner
+
+    real = runner.save_checkpoint
+
+    def save_then_die(output_dir, step, *args, **kwargs):
+        path = real(output_dir, step, *args, **kwargs)
+        if step == stop_step:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(runner, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(config(out, *overrides))
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_still_ends_as_the_uninterrupted_one(
+    tmp_path, monkeypatch, capsys, damage
+):
+    args = ["max_steps=6", "train.save_every=2", "model.adapter.dropout=0.1"]
+    run(config(tmp_path / "whole", *args))
+    out = tmp_path / "run"
+    _interrupted_after_saving(monkeypatch, out, 4, *args)
+    name, corrupt, reason = DAMAGE[damage]
+    corrupt(out / "checkpoints" / "step-4" / name)
+    capsys.readouterr()
+    resumed = run(config(out, *args, "resume=auto"))
+    said = capsys.readouterr()
+    assert f"checkpoint {out / 'checkpoints' / 'step-4'} is damaged ({reason}" in said.err
+    assert f"resuming from {out / 'checkpoints' / 'step-2'} at step 2" in said.out
+    assert resumed.step == 6
+    a = load_file(str(tmp_path / "whole" / "final" / "adapter_model.safetensors"))
+    b = load_file(str(out / "final" / "adapter_model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl")]
+    assert steps == sorted(set(steps))
+
+
+def test_resume_naming_a_damaged_checkpoint_is_refused_before_anything_is_loaded(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _interrupted_after_saving(monkeypatch, out, 4, "max_steps=6", "train.save_every=2")
+    _truncate(out / "checkpoints" / "step-4" / "trainable.safetensors")
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"names a damaged checkpoint: trainable.safetensors has \d+ bytes; \d+"):
+        run(config(out, "max_steps=6", f"resume={out / 'checkpoints' / 'step-4'}"))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_with_every_checkpoint_damaged_resume_auto_starts_over_and_says_so(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupted_after_saving(monkeypatch, out, 2, "max_steps=4", "train.save_every=2")
+    _truncate(out / "checkpoints" / "step-2" / "optimizer.pt")
+    capsys.readouterr()
+    resumed = run(config(out, "max_steps=4", "train.save_every=2", "resume=auto"))
+    assert "step-2 is damaged" in capsys.readouterr().err
+    assert resumed.step == 4 and [r["step"] for r in read_metrics(out / "metrics.jsonl")][-1] == 4
+
+
+def test_checkpoints_of_an_abandoned_stretch_are_replaced_not_kept_over_the_current_ones(tmp_path):
+    from tunekit.train.checkpoint import complete_checkpoints, prune_checkpoints
+
+    root = tmp_path / "checkpoints"
+    for step in (2, 4, 6, 8):
+        (root / f"step-{step}").mkdir(parents=True)
+        (root / f"step-{step}" / "COMPLETE").write_text("")
+    # The run resumed from step-4 (step-6 was damaged) and has just saved step-6 again.
+    prune_checkpoints(tmp_path, keep=2, newest_step=6)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-4", "step-6"]

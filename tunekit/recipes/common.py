@@ -139,7 +139,7 @@ def start_run(config: RecipeConfig) -> tuple[Path, Path | None]:
     from accelerate.utils import set_seed
 
     output_dir = Path(config.output_dir or ".")
-    resume_from = prepare_output_dir(output_dir, config.resume)
+    resume_from = prepare_output_dir(output_dir, config.resume, warn=say)
     set_seed(config.seed)
     return output_dir, resume_from
 

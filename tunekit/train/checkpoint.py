@@ -7,19 +7,24 @@ Layout of ``<output_dir>/checkpoints/step-<N>/``:
     scheduler.pt            learning-rate scheduler state
     state.json              step, epoch, RNG states and the recipe's own state (RunSpec.state), side by side
     experience.pt           only part-way through a batch's PPO/GRPO passes: the batch (tunekit/train/experience.py)
-    COMPLETE                written last; a directory without it is ignored and cleaned up
+    COMPLETE                written last: the size and SHA-256 of every other file (JSON); a directory without it
+                            is ignored and cleaned up
 
 A checkpoint is written under a temporary name and renamed into place only when complete, so a run killed at any
 moment leaves either the previous checkpoints or the new one, never a half-written directory that resume would
-trust.
+trust. What the disk does to a checkpoint later (a truncated copy, a bad sector, a hand edit) is caught by
+:func:`checkpoint_damage`, which compares the files with the sizes and checksums in COMPLETE before anything is
+restored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +38,13 @@ from tunekit.train.rng import capture_rng, restore_rng
 COMPLETE_MARKER = "COMPLETE"
 
 
-# The keys of state.json that are the runner's; every other key belongs to the recipe's state.
 class CheckpointWriteError(UserError):
     """A checkpoint could not be written (a full disk, say); the run stops with the earlier checkpoints intact."""
 
 
+# The keys of state.json that are the runner's; every other key belongs to the recipe's state.
 RUNNER_KEYS = frozenset({"step", "epoch", "rng", "spikes"})
+_ALWAYS_WRITTEN = ("trainable.safetensors", "scheduler.pt", "state.json")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -62,6 +68,50 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
 def latest_checkpoint(output_dir: Path) -> Path | None:
     found = complete_checkpoints(output_dir)
     return found[-1] if found else None
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """Why checkpoint ``path`` cannot be trusted (a file missing, cut short or changed since it was written), or
+    None when every file matches the size and SHA-256 that its COMPLETE marker recorded.
+
+    A marker written before markers held checksums (empty) vouches for nothing more than completeness; such a
+    checkpoint is only checked for the files every checkpoint has.
+    """
+    marker = path / COMPLETE_MARKER
+    if not marker.is_file():
+        return "it has no COMPLETE marker (its write never finished)"
+    text = marker.read_text(errors="replace").strip()
+    if not text:
+        missing = [name for name in _ALWAYS_WRITTEN if not (path / name).is_file()]
+        return f"{missing[0]} is missing" if missing else None
+    try:
+        recorded = json.loads(text)["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"its {COMPLETE_MARKER} marker is not the file list tunekit writes"
+    for name, expected in sorted(recorded.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != expected["bytes"]:
+            return f"{name} has {size} bytes; {expected['bytes']} were written"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} differs from what was written (checksum mismatch)"
+    return None
+
+
+def resumable_checkpoint(output_dir: Path, warn: Callable[[str], None] = print) -> Path | None:
+    """The newest checkpoint in ``output_dir`` that is intact, for ``resume=auto``.
+
+    Damaged newer ones are passed over, each with a warning through ``warn`` naming it and what is wrong; the run
+    then continues from the one before (or from the start when none is intact), and its next saves replace them.
+    """
+    for path in reversed(complete_checkpoints(output_dir)):
+        damage = checkpoint_damage(path)
+        if damage is None:
+            return path
+        warn(f"warning: checkpoint {path} is damaged ({damage}); it is skipped and the run resumes from an earlier one")
+    return None
 
 
 def save_checkpoint(
@@ -100,7 +150,7 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync(root)
-    prune_checkpoints(output_dir, keep)
+    prune_checkpoints(output_dir, keep, newest_step=step)
     return final
 
 
@@ -126,9 +176,12 @@ def _write_checkpoint_files(
     (tmp / "state.json").write_text(json.dumps(full_state))
     # Every file reaches the disk before the marker that vouches for them exists: after a power loss, a
     # checkpoint marked complete never holds a truncated file.
-    for written in tmp.iterdir():
+    recorded = {}
+    for written in sorted(tmp.iterdir()):
         _fsync(written)
-    (tmp / COMPLETE_MARKER).write_text("")
+        recorded[written.name] = {"bytes": written.stat().st_size, "sha256": _sha256(written)}
+    (tmp / COMPLETE_MARKER).write_text(json.dumps({"files": recorded}, indent=1))
+    _fsync(tmp / COMPLETE_MARKER)
     _fsync(tmp)
 
 
@@ -215,14 +268,37 @@ def _check_optimizer_fits(path: Path, saved: dict[str, Any], optimizer: torch.op
         )
 
 
-def prune_checkpoints(output_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` complete checkpoints, and any leftover temporary directories."""
+def prune_checkpoints(output_dir: Path, keep: int, newest_step: int | None = None) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints, and any leftover temporary directories.
+
+    ``newest_step`` is the step just saved. Checkpoints past it belong to a stretch of the run that was abandoned
+    (it resumed from an earlier checkpoint, because a newer one was damaged or the user chose an older one): they
+    are deleted too, since the run has now written its own history past that point, and counting them would let
+    ``keep`` prune the checkpoints of the run that is going on.
+    """
     root = checkpoint_root(output_dir)
     for leftover in root.glob(".tmp-step-*"):
         shutil.rmtree(leftover, ignore_errors=True)
+    found = complete_checkpoints(output_dir)
+    if newest_step is not None:
+        for abandoned in [p for p in found if _step_of(p) > newest_step]:
+            shutil.rmtree(abandoned, ignore_errors=True)
+        found = [p for p in found if _step_of(p) <= newest_step]
     if keep > 0:
-        for old in complete_checkpoints(output_dir)[:-keep]:
+        for old in found[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:

@@ -5,24 +5,35 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from tunekit.errors import ConfigError
-from tunekit.train.checkpoint import latest_checkpoint
+from tunekit.train.checkpoint import COMPLETE_MARKER, checkpoint_damage, resumable_checkpoint
 
 
-def prepare_output_dir(output_dir: Path, resume: str | None) -> Path | None:
-    """Check ``output_dir`` before anything is written; return the checkpoint to resume from, if any."""
+def prepare_output_dir(output_dir: Path, resume: str | None, warn: Callable[[str], None] = print) -> Path | None:
+    """Check ``output_dir`` before anything is written; return the checkpoint to resume from, if any.
+
+    Every checkpoint is verified against the checksums it was saved with before it is chosen: ``resume=auto``
+    passes over damaged ones (through ``warn``), and ``resume=<path>`` naming a damaged one is refused.
+    """
     if resume not in (None, "auto"):
         path = Path(resume)
-        if not (path / "COMPLETE").is_file():
-            raise ConfigError(f"resume={resume!r} is not a complete checkpoint directory (no COMPLETE marker)")
+        if not (path / COMPLETE_MARKER).is_file():
+            raise ConfigError(f"resume={resume!r} is not a complete checkpoint directory (no {COMPLETE_MARKER} marker)")
+        damage = checkpoint_damage(path)
+        if damage is not None:
+            raise ConfigError(
+                f"resume={resume!r} names a damaged checkpoint: {damage}; resume from an earlier checkpoint "
+                "of the run, or with resume=auto, which takes the newest intact one"
+            )
         return path
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"output_dir {output_dir} is a file, not a folder; choose another output_dir")
     if output_dir.exists() and any(output_dir.iterdir()):
         if resume == "auto":
-            return latest_checkpoint(output_dir)
+            return resumable_checkpoint(output_dir, warn)
         raise ConfigError(
             f"output_dir {output_dir} already holds a run; pass resume=auto to continue it, "
             "or choose another output_dir"
