@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     oracle_trl.check_supported(config)
     out = Path(args.out)
     tokenizer = load_tokenizer(str(start), config.model.trust_remote_code)
-    train_prompts, held_out = load_prompts(config.data, tokenizer, config.seed)
+    read = load_prompts(config.data, tokenizer, config.seed)
+    train_prompts, held_out = read.train, read.held_out
     held_out = held_out[: args.eval_prompts] if args.eval_prompts else held_out
     if not held_out:
         raise SystemExit("the config holds out no prompts (data.eval_fraction, data.eval_path); nothing to score")

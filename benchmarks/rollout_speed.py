@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     work = workload("grpo", str(model_path(args.shape)), "fp32", args.device)
     tokenizer = load_tokenizer(work.model)
-    prompts, _ = load_prompts(from_dict(PromptDataConfig, grpo_data_config(work)), tokenizer, work.seed)
+    prompts = load_prompts(from_dict(PromptDataConfig, grpo_data_config(work)), tokenizer, work.seed).train
     model = load_model(ModelConfig(path=work.model)).to(args.device)
     model = apply_adapter(model, AdapterConfig(r=work.lora_r, alpha=work.lora_alpha)).eval()
     enable_fast_paths(model, FastPathConfig())  # what a GRPO run turns on, both ways measured with it

@@ -50,7 +50,7 @@ def grpo_dataset(work: Workload, tokenizer: Any) -> Any:
     from tunekit.data.prompts import PromptDataConfig, load_prompts
 
     config = from_dict(PromptDataConfig, grpo_data_config(work))
-    prompts, _ = load_prompts(config, tokenizer, work.seed)
+    prompts = load_prompts(config, tokenizer, work.seed).train
     return Dataset.from_dict({"prompt": [p.prompt for p in prompts], "answer": [p.columns["answer"] for p in prompts]})
 
 

@@ -98,7 +98,7 @@ def prompts_and_rewards() -> tuple[Any, list[Any], list[Any]]:
     from tunekit.rl.rewards import RewardSource, load_reward_sources
 
     tokenizer = load_tokenizer(MODEL.path)
-    prompts, _ = load_prompts(PromptDataConfig(synthetic_size=32), tokenizer, 0)
+    prompts = load_prompts(PromptDataConfig(synthetic_size=32), tokenizer, 0).train
     rewards = load_reward_sources([RewardSource(name="length_penalty", kwargs={"target_chars": 4})])
     return tokenizer, prompts[:4], rewards
 

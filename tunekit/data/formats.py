@@ -70,6 +70,19 @@ def row_segments(
     return chat_segments(messages, tokenizer, where), False
 
 
+def empty_part(row: dict[str, Any], fmt: Format, columns: dict[str, str]) -> str | None:
+    """What the model would learn from in ``row`` (already checked by :func:`row_segments`), named, when it is
+    empty or only whitespace: the text, the completion, or every assistant turn. None when there is something."""
+    if fmt == "text":
+        return f"column {columns['text']!r}" if not row[columns["text"]].strip() else None
+    if fmt == "prompt_completion":
+        completion = row[columns["completion"]]
+        text = completion if isinstance(completion, str) else completion[0]["content"]
+        return f"column {columns['completion']!r}" if not text.strip() else None
+    turns = [m["content"] for m in row[columns["messages"]] if m["role"] == "assistant"]
+    return "every assistant turn" if all(not turn.strip() for turn in turns) else None
+
+
 def chat_segments(messages: list[dict[str, str]], tokenizer: Any, where: str) -> list[Segment]:
     """Render ``messages`` with the chat template; assistant turns are the trainable segments."""
     if not any(m["role"] == "assistant" for m in messages):

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from tunekit.data.formats import assistant_text, chat_messages, render_chat
 from tunekit.data.sft import TRUNCATION_WARNING_SHARE
-from tunekit.data.sources import Rows, SourceConfig, require_prompt_template, train_eval_rows
+from tunekit.data.sources import Rows, SourceConfig, empty_row, require_prompt_template, train_eval_rows
 from tunekit.data.synthetic import Generator
 from tunekit.errors import DataError, require
 
@@ -73,13 +73,16 @@ class PairExample:
 class PairStats:
     rows: int = 0
     identical_dropped: int = 0
+    empty_dropped: int = 0  # by data.empty_rows: a chosen or rejected response with no text
     prompt_truncated: int = 0
     response_truncated: int = 0
 
     def summary(self) -> str:
+        kept = self.rows - self.identical_dropped - self.empty_dropped
         text = (
-            f"{self.rows} rows -> {self.rows - self.identical_dropped} pairs; {self.identical_dropped} identical pairs "
-            f"dropped, {self.prompt_truncated} prompts and {self.response_truncated} responses truncated"
+            f"{self.rows} rows -> {kept} pairs; {self.identical_dropped} identical pairs and {self.empty_dropped} "
+            f"with an empty response dropped, {self.prompt_truncated} prompts and {self.response_truncated} "
+            "responses truncated"
         )
         if self.rows and self.response_truncated > TRUNCATION_WARNING_SHARE * self.rows:
             text += (
@@ -168,6 +171,16 @@ def tokenize_pairs(rows: Rows, config: PairDataConfig, tokenizer: Any) -> tuple[
     for i, row in enumerate(rows.rows):
         where = rows.where(i)
         prompt, chosen, rejected, add_bos = split_pair(row, config, tokenizer, where)
+        eos = tokenizer.eos_token or ""
+        blank = [
+            column
+            for column, text in ((config.chosen_column, chosen), (config.rejected_column, rejected))
+            if not text.removesuffix(eos).strip()
+        ]
+        if blank:
+            empty_row(rows, i, f"the {' and '.join(repr(c) for c in blank)} response", config.empty_rows)
+            stats.empty_dropped += 1
+            continue
         if chosen == rejected:
             if config.identical_pairs == "error":
                 raise DataError(f"{where}: chosen and rejected responses are identical")
@@ -204,7 +217,7 @@ def tokenize_pairs(rows: Rows, config: PairDataConfig, tokenizer: Any) -> tuple[
     if not pairs:
         raise DataError(
             f"every pair of {rows.source} was dropped: chosen and rejected are identical, or become so when cut to "
-            f"data.max_length={config.max_length}"
+            f"data.max_length={config.max_length}, or one of them is empty"
         )
     return pairs, stats
 

@@ -9,7 +9,7 @@ import torch
 
 from tunekit.data import synthetic
 from tunekit.data.formats import chat_messages, render_chat
-from tunekit.data.sources import Rows, SourceConfig, require_prompt_template, train_eval_rows
+from tunekit.data.sources import Rows, SourceConfig, empty_row, require_prompt_template, train_eval_rows
 from tunekit.errors import DataError, require
 
 
@@ -47,20 +47,32 @@ class PromptDataConfig(SourceConfig):
         require_prompt_template(self.prompt_template)
 
 
-def load_prompts(
-    config: PromptDataConfig, tokenizer: Any, seed: int
-) -> tuple[list[PromptExample], list[PromptExample]]:
-    """Train and held-out prompts; a prompt longer than data.max_prompt_length is an error naming its row."""
+@dataclass
+class PromptSet:
+    """What :func:`load_prompts` read: training and held-out prompts, and how many empty ones it dropped."""
+
+    train: list[PromptExample]
+    held_out: list[PromptExample]
+    empty_dropped: int = 0
+
+
+def load_prompts(config: PromptDataConfig, tokenizer: Any, seed: int) -> PromptSet:
+    """Train and held-out prompts; a prompt longer than data.max_prompt_length is an error naming its row, and an
+    empty one is dropped or refused per data.empty_rows."""
     train_rows, eval_rows = train_eval_rows(config, seed, synthetic.prompts_with_answers)
     if eval_rows is not None and config.max_eval_examples is not None:
         eval_rows = eval_rows.subset(list(range(min(config.max_eval_examples, len(eval_rows)))))
-    return _prompts(train_rows, config, tokenizer), _prompts(eval_rows, config, tokenizer) if eval_rows else []
+    train, train_empty = _prompts(train_rows, config, tokenizer)
+    held_out, held_out_empty = _prompts(eval_rows, config, tokenizer) if eval_rows else ([], 0)
+    return PromptSet(train, held_out, train_empty + held_out_empty)
 
 
-def _prompts(rows: Rows, config: PromptDataConfig, tokenizer: Any) -> list[PromptExample]:
+def _prompts(rows: Rows, config: PromptDataConfig, tokenizer: Any) -> tuple[list[PromptExample], int]:
+    """The prompts of ``rows`` and the number of empty ones dropped."""
     if len(rows) == 0:
         raise DataError(f"{rows.source} holds no rows")
     out = []
+    empty = 0
     for i, row in enumerate(rows.rows):
         where = rows.where(i)
         prompt = row.get(config.prompt_column)
@@ -69,9 +81,22 @@ def _prompts(rows: Rows, config: PromptDataConfig, tokenizer: Any) -> list[Promp
         text, ids = encode_prompt(
             prompt, tokenizer, config.prompt_template, config.max_prompt_length, where, config.prompt_column
         )
+        if _blank_prompt(prompt):
+            empty_row(rows, i, f"the prompt (column {config.prompt_column!r})", config.empty_rows)
+            empty += 1
+            continue
         columns = {k: v for k, v in row.items() if k != config.prompt_column}
         out.append(PromptExample(text, ids, columns, rows.positions[i], where))
-    return out
+    if not out:
+        raise DataError(f"every prompt of {rows.source} is empty ({len(rows)} rows)")
+    return out, empty
+
+
+def _blank_prompt(prompt: str | list[dict[str, str]]) -> bool:
+    """A string prompt with no text, or chat messages none of which has any (checked by encode_prompt already)."""
+    if isinstance(prompt, str):
+        return not prompt.strip()
+    return all(not message["content"].strip() for message in prompt)
 
 
 def encode_prompt(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tunekit.data.formats import Format, detect_format, row_segments
-from tunekit.data.sources import Rows, SourceConfig, require_prompt_template, train_eval_rows
+from tunekit.data.formats import Format, detect_format, empty_part, row_segments
+from tunekit.data.sources import Rows, SourceConfig, empty_row, require_prompt_template, train_eval_rows
 from tunekit.data.synthetic import Generator
 from tunekit.errors import DataError, require
 from tunekit.losses.sft import IGNORE_INDEX
@@ -59,15 +59,16 @@ TRUNCATION_WARNING_SHARE = 0.05
 class TokenizeStats:
     rows: int = 0
     truncated: int = 0
-    dropped: int = 0
+    dropped: int = 0  # no trainable token left within max_length
+    empty: int = 0  # dropped by data.empty_rows: nothing to learn from
     tokens: int = 0
     trainable_tokens: int = 0
 
     def summary(self) -> str:
         text = (
-            f"{self.rows} rows -> {self.rows - self.dropped} examples, {self.tokens} tokens "
+            f"{self.rows} rows -> {self.rows - self.dropped - self.empty} examples, {self.tokens} tokens "
             f"({self.trainable_tokens} trained on); {self.truncated} truncated, {self.dropped} dropped "
-            "with no trainable token left"
+            f"with no trainable token left, {self.empty} dropped as empty"
         )
         if self.rows and self.truncated > TRUNCATION_WARNING_SHARE * self.rows:
             text += (
@@ -96,6 +97,11 @@ def tokenize_rows(rows: Rows, config: DataConfig, tokenizer: Any) -> tuple[list[
     examples = []
     for i, row in enumerate(rows.rows):
         segments, add_bos = row_segments(row, fmt, columns, tokenizer, rows.where(i), config.prompt_template)
+        empty = empty_part(row, fmt, columns)
+        if empty is not None:
+            empty_row(rows, i, empty, config.empty_rows)
+            stats.empty += 1
+            continue
         input_ids, labels = tokenize_segments(segments, tokenizer, add_bos, config.train_on_prompt)
         if len(input_ids) > config.max_length:
             stats.truncated += 1
@@ -111,6 +117,8 @@ def tokenize_rows(rows: Rows, config: DataConfig, tokenizer: Any) -> tuple[list[
         stats.tokens += len(input_ids)
         stats.trainable_tokens += n_trainable
         examples.append(Example(input_ids, labels, rows.positions[i]))
+    if not examples and stats.empty == stats.rows:
+        raise DataError(f"every row of {rows.source} is empty: nothing to learn from ({stats.rows} rows)")
     if not examples:
         raise DataError(
             f"every example of {rows.source} was truncated away: none keeps a trainable token within "

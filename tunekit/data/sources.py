@@ -11,7 +11,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tunekit.data.synthetic import Generator
 from tunekit.errors import DataError, require
@@ -158,6 +158,10 @@ class SourceConfig:
     # Read only the first this many rows of path (null: all); a held-out share is split from these. Generated data and
     # eval_path are not capped.
     max_examples: int | None = None
+    # Rows whose part to learn from is empty or only whitespace (a completion, a chosen or rejected response, every
+    # assistant turn, a text, an RL prompt): drop them and count them in the data summary, or stop with an error
+    # naming the first. Such rows are usually an export fault, and trained on they teach the model to say nothing.
+    empty_rows: Literal["drop", "error"] = "drop"
 
     def __post_init__(self) -> None:
         require(bool(self.path.strip()), "path", 'is empty; give a data file, dataset directory, hub id or "synthetic"')
@@ -169,6 +173,13 @@ class SourceConfig:
             "max_examples",
             f"must be at least 1 (or null for all), got {self.max_examples}",
         )
+
+
+def empty_row(rows: Rows, i: int, what: str, policy: str) -> None:
+    """Row ``i`` has nothing to learn from (``what`` is empty): a DataError naming it under ``empty_rows=error``;
+    under ``drop`` the caller drops and counts it."""
+    if policy == "error":
+        raise DataError(f"{rows.where(i)}: {what} is empty (data.empty_rows=error; set it to drop to skip such rows)")
 
 
 def require_prompt_template(template: str) -> None:

@@ -3,6 +3,11 @@
 One ``data`` section serves every task of a run: exact match and win rate generate from the prompt column and
 compare with a reference column; perplexity tokenizes whole rows exactly as ``tunekit.data.sft`` does for
 training (same segments, same label masking), so an evaluation loss is the training loss on new rows.
+
+Every format SFT trains on is accepted. Chat rows (a messages column) are split for generation at their last
+assistant turn: the conversation before it, rendered with the chat template and its generation prompt, is the
+prompt, and that turn is the reference (:func:`generation_rows`). Perplexity scores every assistant turn, as SFT
+trains on them.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data import synthetic
+from tunekit.data.formats import chat_messages, detect_format
 from tunekit.data.prompts import PromptExample, encode_prompt
-from tunekit.data.sft import DataConfig
+from tunekit.data.sft import DataConfig, columns_of
 from tunekit.data.sources import Rows, read_rows, require_prompt_template
 from tunekit.errors import DataError, require
 
@@ -41,7 +47,8 @@ class EvalDataConfig:
     prompt_column: str = "prompt"
     # The reference completion: the target of perplexity and the opponent of win_rate.opponent=reference.
     completion_column: str = "completion"
-    # Perplexity on chat rows: a list of {role, content} messages, scored on the assistant turns.
+    # Chat rows: a list of {role, content} messages. Perplexity scores the assistant turns; generation continues the
+    # conversation before the last assistant turn, and that turn is the reference (prompt and completion columns).
     messages_column: str = "messages"
     # Exact match reads the reference answer here (null: completion_column); "... #### 18" or a bare number.
     answer_column: str | None = None
@@ -82,6 +89,35 @@ def load_eval_rows(config: EvalDataConfig, seed: int) -> Rows:
     if len(rows) == 0:
         raise DataError(f"{rows.source} holds no rows")
     return rows
+
+
+def generation_rows(rows: Rows, config: EvalDataConfig) -> Rows:
+    """``rows`` as prompt/completion rows for generation: chat rows split at their last assistant turn (the
+    turns before it are the prompt, as a list of messages; its content is the completion), other rows as given.
+
+    The split rows keep their other columns (an answer column, say) and their positions for error messages.
+    """
+    column = config.messages_column
+    columns = columns_of(sft_data_config(config))
+    fmt = detect_format(rows.rows[0], columns, rows.where(0)) if config.format == "auto" else config.format
+    if fmt != "messages":
+        return rows
+    split = []
+    for i, row in enumerate(rows.rows):
+        where = rows.where(i)
+        if row.get(column) is None:
+            raise DataError(f"{where}: missing column {column!r} (the row has {sorted(row)})")
+        messages = chat_messages(row[column], where, column)
+        last = max((j for j, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise DataError(f"{where}: the conversation has no assistant message to serve as the reference")
+        if last == 0:
+            raise DataError(f"{where}: the conversation opens with its only assistant message; there is no prompt")
+        rest = {k: v for k, v in row.items() if k != column}
+        split.append(
+            {**rest, config.prompt_column: messages[:last], config.completion_column: messages[last]["content"]}
+        )
+    return Rows(rows.source, split, rows.positions, rows.unit)
 
 
 def sft_data_config(config: EvalDataConfig) -> DataConfig:

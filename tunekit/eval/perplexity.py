@@ -44,6 +44,7 @@ def perplexity(
         "rows": stats.rows,
         "truncated": stats.truncated,
         "dropped": stats.dropped,
+        "empty": stats.empty,
     }
     return TaskResult({"perplexity": _exp(nll), "perplexity/nll": nll}, counts)
 

@@ -216,12 +216,13 @@ def load_rl_inputs(config: Any, tokenizer: Any, rewards: list, output_dir: Path,
     """``config`` (an RL recipe's: ``data``, ``sampling``, ``task_metric``, ``sample_every``) -> its prompts, with the
     reward functions' columns checked against them, the task metric and the samples.jsonl log (resumed runs drop
     the lines past their checkpoint)."""
-    prompts, held_out = load_prompts(config.data, tokenizer, config.seed)
+    read = load_prompts(config.data, tokenizer, config.seed)
+    prompts, held_out = read.train, read.held_out
     check_reward_rows(rewards, [*prompts, *held_out])
     task = load_task_metric(config.task_metric, held_out)
     say(
-        f"data: {len(prompts)} prompts, {len(held_out)} held out; {config.sampling.num_generations} completions "
-        f"each; task metric: {task.name if task else 'none'}"
+        f"data: {len(prompts)} prompts, {len(held_out)} held out, {read.empty_dropped} dropped as empty; "
+        f"{config.sampling.num_generations} completions each; task metric: {task.name if task else 'none'}"
     )
     resume_step = checkpoint_state(resume_from)["step"] if resume_from else None
     samples = SampleLog(output_dir / "samples.jsonl", config.sample_every, resume_step)

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from tunekit.data.sft import tokenize_rows
 from tunekit.errors import require
-from tunekit.eval.data import EvalDataConfig, build_prompts, load_eval_rows, reference_answers, sft_data_config
+from tunekit.eval.data import (
+    EvalDataConfig,
+    build_prompts,
+    generation_rows,
+    load_eval_rows,
+    reference_answers,
+    sft_data_config,
+)
 from tunekit.eval.model import Device, check_causal_lm, load_eval_model, resolve_device
 from tunekit.eval.opponent import REFERENCE, opponent_completions, prepare_opponent
 from tunekit.eval.perplexity import perplexity
@@ -102,9 +109,11 @@ def run(config: EvalConfig) -> EvalResult:
 
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
     rows = load_eval_rows(data, config.seed)
-    prompts = build_prompts(rows, data, tokenizer) if generating else []
-    references = reference_answers(rows, data) if checker else []
-    opponent = prepare_opponent(config.win_rate.opponent, rows, data, config.model) if judge else None
+    # Chat rows are split at their last assistant turn for generation; perplexity scores them whole.
+    split = generation_rows(rows, data) if generating else rows
+    prompts = build_prompts(split, data, tokenizer) if generating else []
+    references = reference_answers(split, data) if checker else []
+    opponent = prepare_opponent(config.win_rate.opponent, split, data, config.model) if judge else None
     if "perplexity" in tasks:
         examples, stats = tokenize_rows(rows, sft_data_config(data), tokenizer)
     say(f"data: {len(rows)} rows from {rows.source}; tasks: {', '.join(tasks)}")
