@@ -95,4 +95,4 @@ def test_an_empty_row_is_dropped_when_the_tokenizer_has_no_bos(tokenizer):
     no_bos.bos_token = None
     rows = Rows("mem", [{"text": "Ada counted 3 coins."}, {"text": ""}])
     examples, stats = tokenize_rows(rows, DataConfig(), no_bos)
-    assert [e.index for e in examples] == [1] and stats.dropped == 1
+    assert [e.index for e in examples] == [1] and stats.empty == 1
