@@ -51,8 +51,8 @@ def row_segments(
     if fmt == "text":
         return [(_string(row, columns["text"], where), True)], True
     if fmt == "prompt_completion":
-        prompt = _column(row, columns["prompt"], where)
-        completion = _column(row, columns["completion"], where)
+        prompt = required_column(row, columns["prompt"], where)
+        completion = required_column(row, columns["completion"], where)
         if isinstance(prompt, list):
             prompt_text = render_chat(
                 chat_messages(prompt, where, columns["prompt"]), tokenizer, add_generation_prompt=True
@@ -66,7 +66,7 @@ def row_segments(
             (prompt_template.replace("{prompt}", prompt), False),
             (completion_text + tokenizer.eos_token, True),
         ], True
-    messages = chat_messages(_column(row, columns["messages"], where), where, columns["messages"])
+    messages = chat_messages(required_column(row, columns["messages"], where), where, columns["messages"])
     return chat_segments(messages, tokenizer, where), False
 
 
@@ -141,7 +141,8 @@ def assistant_text(value: Any, where: str, column: str) -> str:
     raise DataError(f"{where}: column {column!r} must be a string or one assistant message")
 
 
-def _column(row: dict[str, Any], column: str, where: str) -> Any:
+def required_column(row: dict[str, Any], column: str, where: str) -> Any:
+    """``row[column]``; a DataError naming the row when the column is absent or null."""
     if column not in row:
         raise DataError(f"{where}: missing column {column!r} (the row has {sorted(row)})")
     value = row[column]
@@ -151,7 +152,7 @@ def _column(row: dict[str, Any], column: str, where: str) -> Any:
 
 
 def _string(row: dict[str, Any], column: str, where: str) -> str:
-    value = _column(row, column, where)
+    value = required_column(row, column, where)
     if not isinstance(value, str):
         raise DataError(f"{where}: column {column!r} must be a string, got {type(value).__name__}")
     return value

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tunekit.data.formats import assistant_text, chat_messages, render_chat
+from tunekit.data.formats import assistant_text, chat_messages, render_chat, required_column
 from tunekit.data.sft import TRUNCATION_WARNING_SHARE
 from tunekit.data.sources import Rows, SourceConfig, empty_row, require_prompt_template, train_eval_rows
 from tunekit.data.synthetic import Generator
@@ -94,10 +94,8 @@ class PairStats:
 
 def split_pair(row: dict[str, Any], config: PairDataConfig, tokenizer: Any, where: str) -> tuple[str, str, str, bool]:
     """``(prompt_text, chosen_text, rejected_text, add_bos)`` of one row, before tokenization."""
-    for column in (config.chosen_column, config.rejected_column):
-        if column not in row or row[column] is None:
-            raise DataError(f"{where}: missing column {column!r} (the row has {sorted(row)})")
-    chosen, rejected = row[config.chosen_column], row[config.rejected_column]
+    chosen = required_column(row, config.chosen_column, where)
+    rejected = required_column(row, config.rejected_column, where)
     prompt = row.get(config.prompt_column)
     if prompt is None:
         return _implicit_split(row, config, tokenizer, where)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from tunekit.data import synthetic
-from tunekit.data.formats import chat_messages, render_chat
+from tunekit.data.formats import chat_messages, render_chat, required_column
 from tunekit.data.sources import Rows, SourceConfig, empty_row, require_prompt_template, train_eval_rows
 from tunekit.errors import DataError, require
 
@@ -75,9 +75,7 @@ def _prompts(rows: Rows, config: PromptDataConfig, tokenizer: Any) -> tuple[list
     empty = 0
     for i, row in enumerate(rows.rows):
         where = rows.where(i)
-        prompt = row.get(config.prompt_column)
-        if prompt is None:
-            raise DataError(f"{where}: missing column {config.prompt_column!r} (the row has {sorted(row)})")
+        prompt = required_column(row, config.prompt_column, where)
         text, ids = encode_prompt(
             prompt, tokenizer, config.prompt_template, config.max_prompt_length, where, config.prompt_column
         )

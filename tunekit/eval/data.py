@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data import synthetic
-from tunekit.data.formats import chat_messages, detect_format
+from tunekit.data.formats import chat_messages, required_column
 from tunekit.data.prompts import PromptExample, encode_prompt
-from tunekit.data.sft import DataConfig, columns_of
+from tunekit.data.sft import DataConfig
 from tunekit.data.sources import Rows, read_rows, require_prompt_template
 from tunekit.errors import DataError, require
 
@@ -98,16 +98,14 @@ def generation_rows(rows: Rows, config: EvalDataConfig) -> Rows:
     The split rows keep their other columns (an answer column, say) and their positions for error messages.
     """
     column = config.messages_column
-    columns = columns_of(sft_data_config(config))
-    fmt = detect_format(rows.rows[0], columns, rows.where(0)) if config.format == "auto" else config.format
-    if fmt != "messages":
+    # As format detection decides for training: a messages column makes chat rows.
+    chat = column in rows.rows[0] if config.format == "auto" else config.format == "messages"
+    if not chat:
         return rows
     split = []
     for i, row in enumerate(rows.rows):
         where = rows.where(i)
-        if row.get(column) is None:
-            raise DataError(f"{where}: missing column {column!r} (the row has {sorted(row)})")
-        messages = chat_messages(row[column], where, column)
+        messages = chat_messages(required_column(row, column, where), where, column)
         last = max((j for j, m in enumerate(messages) if m["role"] == "assistant"), default=None)
         if last is None:
             raise DataError(f"{where}: the conversation has no assistant message to serve as the reference")
@@ -138,15 +136,17 @@ def require_column(rows: Rows, column: str, key: str) -> list[Any]:
     """Every row's value of ``column``, or a DataError naming the first row without it and the config key."""
     values = []
     for i, row in enumerate(rows.rows):
-        if row.get(column) is None:
+        if column not in row:
             raise DataError(f"{rows.where(i)}: missing column {column!r} ({key}; the row has {sorted(row)})")
+        if row[column] is None:
+            raise DataError(f"{rows.where(i)}: column {column!r} is empty (null); it is read as {key}")
         values.append(row[column])
     return values
 
 
 def reference_answers(rows: Rows, config: EvalDataConfig) -> list[Any]:
     """Every row's reference answer for exact match (data.answer_column, else data.completion_column)."""
-    key = "data.answer_column" if config.answer_column else "data.completion_column (or set data.answer_column)"
+    key = "data.answer_column" if config.answer_column else "data.completion_column, or set data.answer_column"
     return require_column(rows, config.reference_answer_column, key)
 
 
