@@ -95,3 +95,40 @@ def test_the_terminal_shows_tunekit_and_not_its_libraries_unless_asked(tmp_path,
         assert chatter == []
     else:  # what the libraries print depends on their versions; transformers' loading bar is always there
         assert "Loading weights" in chatter
+
+
+# Runs in a fresh interpreter: bitsandbytes is made to take the path of CPUs with AVX512-BF16, where its import
+# tries to fetch a 4-bit kernel and logs a notice when it cannot ("kernels" is made unimportable, so it cannot).
+BITSANDBYTES_PROBE = """
+import importlib.abc, importlib.util, sys
+
+class AsIfAvx512Bf16(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "bitsandbytes.backends.cpu.ops":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            import bitsandbytes.functional
+            bitsandbytes.functional.has_avx512bf16 = lambda: True
+            run_module(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, AsIfAvx512Bf16())
+sys.modules["kernels"] = None
+from tunekit.recipes.common import quiet_dependencies
+quiet_dependencies()
+import bitsandbytes
+"""
+
+
+@pytest.mark.parametrize("verbose", ["0", "1"])
+def test_bitsandbytes_kernel_notice_is_quiet_unless_asked(verbose):
+    env = {**os.environ, "TUNEKIT_VERBOSE": verbose}
+    done = subprocess.run([sys.executable, "-c", BITSANDBYTES_PROBE], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("Failed to load CPU gemm_4bit_forward" in done.stderr) == (verbose == "1")

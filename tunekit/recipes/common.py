@@ -115,8 +115,9 @@ def run_command(main: Callable[[], R]) -> R:
 
 def quiet_dependencies() -> None:
     """Keep what the libraries print on their own off a run's terminal: transformers' weight-loading bars and
-    notices, its deprecation warnings about calls tunekit does not make itself, and DeepSpeed's accelerator probe.
-    Their errors still show; ``TUNEKIT_VERBOSE=1`` shows everything."""
+    notices, its deprecation warnings about calls tunekit does not make itself, DeepSpeed's accelerator probe, and
+    bitsandbytes' notice (on CPUs with AVX512-BF16) that it could not fetch a 4-bit CPU kernel, printed when it is
+    imported even where nothing is quantised. Their errors still show; ``TUNEKIT_VERBOSE=1`` shows everything."""
     if os.environ.get("TUNEKIT_VERBOSE", "0") not in ("", "0"):
         return
     import logging
@@ -129,6 +130,8 @@ def quiet_dependencies() -> None:
     transformers_logging.disable_progress_bar()
     # DeepSpeed sets its logger's level when it is imported, after this runs; a filter stays.
     logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.ERROR)
+    # bitsandbytes' modules log through children of this logger and leave their own levels unset.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def start_run(config: RecipeConfig) -> tuple[Path, Path | None]:
