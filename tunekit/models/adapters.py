@@ -46,7 +46,8 @@ class AdapterConfig:
     # lora, dora: dropout probability on the adapter's input during training (0: none).
     dropout: float = 0.0
     # lora, dora, ia3: module names (matched against the last part of each module's name, e.g. q_proj) or
-    # ["all-linear"].
+    # ["all-linear"]. lora: a mixture-of-experts model's fused expert weights (3-D, one slice per expert) are named by
+    # module and parameter, e.g. experts.gate_up_proj, or all of them by experts; all-linear includes them.
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     # lora, dora: scale by alpha / sqrt(r) instead of alpha / r (rsLoRA).
     use_rslora: bool = False
@@ -81,6 +82,18 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
             short = name.rsplit(".", 1)[-1]
             if short not in ("lm_head", "score"):
                 names.add(short)
+    return sorted(names)
+
+
+def expert_parameter_names(model: torch.nn.Module) -> list[str]:
+    """Sorted ``<module>.<parameter>`` names (e.g. ``experts.gate_up_proj``) of the fused expert weights of a
+    mixture-of-experts model: the 3-D parameters ``[experts, ., .]`` that transformers 5 stores each MoE layer's
+    experts in, which no Linear layer holds and ``all-linear`` therefore misses. Empty for a dense model."""
+    names = set()
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if param.ndim == 3 and "lora_" not in param_name:
+                names.add(f"{module_name.rsplit('.', 1)[-1]}.{param_name}")
     return sorted(names)
 
 
@@ -125,11 +138,21 @@ def build_peft_config(model: torch.nn.Module, config: AdapterConfig, head: str =
     task_type = "SEQ_CLS" if head == "score" else "CAUSAL_LM"
     modules_to_save = ["score"] if head == "score" else None
     if config.method in ("lora", "dora"):
+        experts = _expert_targets(model, config)
+        if experts and (config.method == "dora" or config.dropout):
+            dora = config.method == "dora"
+            setting = "model.adapter.method=dora" if dora else f"model.adapter.dropout={config.dropout}"
+            raise ModelError(
+                f"{setting} cannot adapt this mixture-of-experts model's fused expert weights ({', '.join(experts)}): "
+                "peft adds LoRA to them as weight updates, with no room for DoRA's magnitudes or for dropout on the "
+                "input. Use lora with dropout 0, or name target_modules without the experts"
+            )
         return peft.LoraConfig(
             r=config.r,
             lora_alpha=config.alpha,
             lora_dropout=config.dropout,
             target_modules=_targets(model, config),
+            target_parameters=experts or None,
             use_dora=config.method == "dora",
             use_rslora=config.use_rslora,
             task_type=task_type,
@@ -184,13 +207,26 @@ def _targets(model: torch.nn.Module, config: AdapterConfig) -> list[str]:
     available = linear_module_names(model)
     if config.target_modules == ["all-linear"]:
         return available
-    missing = [t for t in config.target_modules if t not in available]
+    experts = expert_parameter_names(model)
+    expert_modules = {name.split(".")[0] for name in experts}
+    missing = [t for t in config.target_modules if t not in available and t not in experts and t not in expert_modules]
     if missing:
+        fused = f"; its fused expert weights: {', '.join(experts)}" if experts else ""
         raise ModelError(
             f"model.adapter.target_modules {missing} match no linear layer of this model; "
-            f"its linear layers are: {', '.join(available)} (or use all-linear)"
+            f"its linear layers are: {', '.join(available)} (or use all-linear){fused}"
         )
-    return list(config.target_modules)
+    return [t for t in config.target_modules if t in available]
+
+
+def _expert_targets(model: torch.nn.Module, config: AdapterConfig) -> list[str]:
+    """The fused expert weights ``config.target_modules`` selects (all of them under all-linear), for peft's
+    ``target_parameters``."""
+    experts = expert_parameter_names(model)
+    if config.target_modules == ["all-linear"]:
+        return experts
+    named = set(config.target_modules)
+    return [name for name in experts if name in named or name.split(".")[0] in named]
 
 
 def saved_adapter_method(directory: Path) -> str:
@@ -271,6 +307,26 @@ def check_adapter_use(
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, Any]:
+    """Total and trainable parameter counts; ``experts``: how many of the trainable ones update fused expert
+    weights (LoRA factors on them, or the weights themselves under full fine-tuning)."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"total": total, "trainable": trainable, "trainable_fraction": trainable / max(total, 1)}
+    experts = 0
+    for module in model.modules():
+        if type(module).__name__ == "ParamWrapper":  # peft's LoRA on one fused expert weight
+            # A wrapper nests the wrapper of its module's other expert weight; count only its own factors.
+            own = [*module.lora_A.parameters(), *module.lora_B.parameters()]
+            experts += sum(p.numel() for p in own if p.requires_grad)
+        else:
+            experts += sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad and p.ndim == 3)
+    return {"total": total, "trainable": trainable, "trainable_fraction": trainable / max(total, 1), "experts": experts}
+
+
+def trained_summary(model: torch.nn.Module) -> str:
+    """``"74,752 of 925,312 parameters trained"``, with how many of them are on fused expert weights when any are:
+    the run's model line."""
+    counts = count_parameters(model)
+    text = f"{counts['trainable']:,} of {counts['total']:,} parameters trained"
+    if counts["experts"]:
+        text += f" ({counts['experts']:,} of them on the experts' fused weights)"
+    return text

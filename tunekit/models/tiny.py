@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-TINY_MODELS = ("tiny-llama", "tiny-mistral")
+TINY_MODELS = ("tiny-llama", "tiny-mistral", "tiny-mixtral", "tiny-qwen-moe")
+# The architecture each embedded model is built as.
+_ARCH = {"tiny-llama": "llama", "tiny-mistral": "mistral", "tiny-mixtral": "mixtral", "tiny-qwen-moe": "qwen2_moe"}
 # Bump when the recipe below changes, so that old caches are not reused.
 _VERSION = "v2"
 DEFAULT_CHAT_TEMPLATE = (
@@ -102,8 +104,7 @@ def build_tiny_model(name: str, out_dir: Path, seed: int = 0) -> None:
     shape = dict(
         hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4
     )
-    arch = "llama" if name == "tiny-llama" else "mistral"
-    build_causal_lm(out_dir, tokenizer, shape, arch=arch, seed=seed)
+    build_causal_lm(out_dir, tokenizer, shape, arch=_ARCH[name], seed=seed)
 
 
 def build_causal_lm(
@@ -114,12 +115,24 @@ def build_causal_lm(
     seed: int = 0,
     max_position_embeddings: int = 1024,
 ) -> None:
-    """Write ``tokenizer`` and a randomly initialised (``seed``) LLaMA- or Mistral-style model to ``out_dir``.
+    """Write ``tokenizer`` and a randomly initialised (``seed``) model of ``arch`` to ``out_dir``: llama, mistral,
+    or the mixture-of-experts mixtral and qwen2_moe.
 
     ``shape`` holds hidden_size, intermediate_size, num_hidden_layers, num_attention_heads and
-    num_key_value_heads; the vocabulary is the tokenizer's, and input and output embeddings are not tied.
+    num_key_value_heads; the vocabulary is the tokenizer's, and input and output embeddings are not tied. The
+    mixture-of-experts models route each token to 2 of 4 experts, each half as wide as ``intermediate_size``
+    (Qwen-MoE adds a shared expert of full width), so that a token costs about what it costs the dense models.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        MixtralConfig,
+        MixtralForCausalLM,
+        Qwen2MoeConfig,
+        Qwen2MoeForCausalLM,
+    )
 
     config = dict(
         vocab_size=len(tokenizer),
@@ -133,9 +146,20 @@ def build_causal_lm(
     # Building may happen in the middle of a seeded run (first use); it must not move the run's RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        expert_width = shape["intermediate_size"] // 2
+        experts = dict(num_experts_per_tok=2, output_router_logits=False)
         if arch == "llama":
             model = LlamaForCausalLM(LlamaConfig(**config))
-        else:
+        elif arch == "mistral":
             model = MistralForCausalLM(MistralConfig(sliding_window=256, **config))
+        elif arch == "mixtral":
+            config["intermediate_size"] = expert_width
+            model = MixtralForCausalLM(MixtralConfig(num_local_experts=4, **experts, **config))
+        elif arch == "qwen2_moe":
+            moe = dict(num_experts=4, moe_intermediate_size=expert_width, **experts)
+            moe["shared_expert_intermediate_size"] = shape["intermediate_size"]
+            model = Qwen2MoeForCausalLM(Qwen2MoeConfig(**moe, **config))
+        else:
+            raise ValueError(f"unknown architecture {arch!r}")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -23,7 +23,7 @@ from tunekit.data.collate import collate_pairs
 from tunekit.data.pairs import PairDataConfig, load_pair_data
 from tunekit.errors import require
 from tunekit.losses.preference import REFERENCE_FREE, PairLogps, PreferenceLossConfig, preference_loss
-from tunekit.models.adapters import check_adapter_use, count_parameters
+from tunekit.models.adapters import check_adapter_use, trained_summary
 from tunekit.models.load import load_tokenizer
 from tunekit.models.logprobs import sequence_logps
 from tunekit.models.policy import build_policy
@@ -103,8 +103,7 @@ def run(config: DPOConfig) -> RunResult:
     model = build_policy(config.model, reference_adapter=config.loss.loss_type not in REFERENCE_FREE)
     reference = None if config.loss.loss_type in REFERENCE_FREE else ReferencePolicy.for_policy(model)
     use_fast_paths(model, config, reference=reference)
-    counts = count_parameters(model)
-    say(f"policy: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
+    say(f"policy: {config.model.path}, {trained_summary(model)}")
     if reference is not None:
         say(f"reference policy: {reference.kind.replace('_', ' ')}")
     on_start = None

@@ -16,7 +16,7 @@ from functools import partial
 
 from tunekit.data.prompts import PromptDataConfig, collate_prompts
 from tunekit.errors import require
-from tunekit.models.adapters import AdapterConfig, check_adapter_use, count_parameters
+from tunekit.models.adapters import AdapterConfig, check_adapter_use, trained_summary
 from tunekit.models.load import ModelConfig, load_tokenizer
 from tunekit.models.policy import build_policy
 from tunekit.models.reference import ReferencePolicy
@@ -104,8 +104,7 @@ def run(config: GRPOConfig) -> RunResult:
     model = build_policy(config.model, reference_adapter=config.loss.kl_beta > 0)
     reference = ReferencePolicy.for_policy(model) if config.loss.kl_beta > 0 else None
     use_fast_paths(model, config, generates=True, reference=reference)
-    counts = count_parameters(model)
-    say(f"policy: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
+    say(f"policy: {config.model.path}, {trained_summary(model)}")
     trainer = GRPOTrainer(
         config.loss,
         config.sampling,

@@ -19,7 +19,7 @@ from tunekit.data import synthetic
 from tunekit.data.collate import collate_pairs
 from tunekit.data.pairs import PairDataConfig, PairExample, load_pair_data
 from tunekit.losses.reward import bradley_terry_loss
-from tunekit.models.adapters import apply_adapter, check_adapter_use, count_parameters
+from tunekit.models.adapters import apply_adapter, check_adapter_use, trained_summary
 from tunekit.models.load import load_model, load_tokenizer
 from tunekit.models.reward import last_token_scores
 from tunekit.recipes.common import (
@@ -97,8 +97,7 @@ def run(config: RewardConfig) -> RunResult:
         model, config.model.adapter, head="score", gradient_checkpointing=config.model.gradient_checkpointing
     )
     use_fast_paths(model, config)
-    counts = count_parameters(model)
-    say(f"model: {config.model.path} + score head, {counts['trainable']:,} of {counts['total']:,} parameters trained")
+    say(f"model: {config.model.path} + score head, {trained_summary(model)}")
     center = config.loss.center_coef
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:

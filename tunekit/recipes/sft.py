@@ -19,7 +19,7 @@ from tunekit.data.collate import collate_examples, collate_packed, collate_paddi
 from tunekit.data.packing import pack_examples
 from tunekit.data.sft import DataConfig, load_sft_data
 from tunekit.losses.sft import label_cross_entropy, token_cross_entropy
-from tunekit.models.adapters import apply_adapter, check_adapter_use, count_parameters
+from tunekit.models.adapters import apply_adapter, check_adapter_use, trained_summary
 from tunekit.models.load import load_model, load_tokenizer
 from tunekit.models.logprobs import causal_lm_logits, label_logits
 from tunekit.recipes.common import (
@@ -71,8 +71,7 @@ def run(config: SFTConfig, synthetic_rows: synthetic.Generator = synthetic.sft_e
 
     model = load_model(config.model)
     model = apply_adapter(model, config.model.adapter, gradient_checkpointing=config.model.gradient_checkpointing)
-    counts = count_parameters(model)
-    say(f"model: {config.model.path}, {counts['trainable']:,} of {counts['total']:,} parameters trained")
+    say(f"model: {config.model.path}, {trained_summary(model)}")
     paths = use_fast_paths(model, config)
     if paths.uses("padding-free"):
         # Same examples per batch, same loss; no padding, and each example's attention stays its own.
