@@ -38,9 +38,9 @@ def poisoned_step(monkeypatch, bad_calls, scale=float("nan")):
     real = sft_recipe.sft_step
     calls = {"n": 0}
 
-    def step(model, batch):
+    def step(model, batch, **options):
         calls["n"] += 1
-        loss, metrics = real(model, batch)
+        loss, metrics = real(model, batch, **options)
         return (loss * scale if calls["n"] in bad_calls else loss), metrics
 
     monkeypatch.setattr(sft_recipe, "sft_step", step)

@@ -42,3 +42,21 @@ def label_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> LossOutp
     positions without a label were never computed.
     """
     return LossOutput(-label_log_softmax(logits, targets).sum(), torch.tensor(targets.numel(), device=targets.device))
+
+
+def with_router_aux_loss(loss: LossOutput, aux_loss: torch.Tensor, coef: float) -> LossOutput:
+    """``loss`` plus a mixture-of-experts router's load-balancing loss ``aux_loss`` [] (a batch mean), weighted by
+    ``coef``, counted once per unit of ``loss`` so that the runner's division by the step's units leaves
+    ``coef * aux_loss`` per unit, as the model's own ``loss = cross-entropy + coef * aux_loss`` has it; the
+    unweighted ``aux_loss`` is logged as ``router_aux_loss``.
+
+    Over several micro-batches the step then carries the unit-weighted mean of their aux losses: the balance term
+    is a function of each batch's routing, not a sum over tokens, so it is the one part of the loss that depends on
+    how a step is split.
+    """
+    aux = aux_loss.float()
+    return LossOutput(
+        loss.loss_sum + coef * aux * loss.num_units,
+        loss.num_units,
+        {**loss.metrics, "router_aux_loss": aux.detach()},
+    )

@@ -181,6 +181,19 @@ def load_base(path: str, head: Literal["causal-lm", "score"], kwargs: dict[str, 
     return model
 
 
+def use_router_aux_loss(model: torch.nn.Module, coef: float | None) -> float:
+    """Make a mixture-of-experts ``model`` return its router's load-balancing loss (``outputs.aux_loss``), and
+    return the weight to add it with: ``coef``, or the model config's own ``router_aux_loss_coef`` when ``coef`` is
+    None. 0 for a dense model (no router) or a zero weight, which leaves the model as it was."""
+    config = model.config
+    if not hasattr(config, "output_router_logits"):
+        return 0.0
+    weight = float(getattr(config, "router_aux_loss_coef", 0.0) if coef is None else coef)
+    # Router logits cost a little memory per layer; a run that does not use them does not ask for them.
+    config.output_router_logits = weight > 0
+    return weight
+
+
 def load_score_model(path: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A reward model for scoring: a reward run's adapter directory on its base, or a merged model directory."""
     from peft import PeftModel

@@ -24,9 +24,17 @@ def causal_lm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) ->
     peft's prompt tuning runs the model on its virtual tokens followed by the inputs, and returns the logits of
     both ([B, n + T, V]); the first n rows belong to the virtual tokens, which have no labels, so they are dropped.
     """
-    logits = model(**inputs).logits
+    return causal_lm_forward(model, inputs)[0]
+
+
+def causal_lm_forward(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`causal_lm_logits` [B, T, V] and the router's load-balancing loss [] that a mixture-of-experts model
+    returns when its config asks for router logits (None otherwise)."""
+    outputs = model(**inputs)
     width = inputs["input_ids"].shape[1]
-    return logits[:, logits.shape[1] - width :]
+    return outputs.logits[:, outputs.logits.shape[1] - width :], getattr(outputs, "aux_loss", None)
 
 
 def label_logits(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
