@@ -21,21 +21,31 @@ from tunekit.rl.rewards import RewardFn, RewardSource, load_reward_function
 
 TASKS = ("exact_match", "perplexity", "win_rate")
 GENERATION_TASKS = ("exact_match", "win_rate")
+# Tasks run by lm-evaluation-harness (tunekit/eval/lm_eval.py): "lm_eval:gsm8k".
+LM_EVAL_PREFIX = "lm_eval:"
 
 
 @dataclass
 class TaskResult:
-    metrics: dict[str, float]  # results.json "metrics": the task's name and "<task>/<detail>" keys
+    metrics: dict[str, float | None]  # results.json "metrics": the task's name and "<task>/<detail>" keys
     counts: dict[str, int]  # results.json "counts" of the task
     samples: list[dict[str, Any]] = field(default_factory=list)  # [P] fields merged into samples.jsonl lines
 
 
 def selected_tasks(tasks: str | list[str]) -> list[str]:
     """The tasks a config's ``tasks`` names, in order, each once; an :class:`InvalidValue` for an empty list or an
-    unknown name."""
+    unknown name. ``lm_eval:<name>`` names an lm-evaluation-harness task, checked against lm-eval's own task list
+    later (:func:`tunekit.eval.lm_eval.plan_lm_eval`), since reading that list takes seconds."""
     names = [tasks] if isinstance(tasks, str) else list(tasks)
-    require(bool(names), "tasks", f"is empty; name one or more of {', '.join(TASKS)}")
+    require(bool(names), "tasks", f"is empty; name one or more of {', '.join(TASKS)}, or lm_eval:<task>")
     for name in names:
+        if str(name).startswith(LM_EVAL_PREFIX):
+            require(
+                bool(str(name)[len(LM_EVAL_PREFIX) :].strip()),
+                "tasks",
+                f"names {name!r} without a task; give lm_eval:<task>, e.g. lm_eval:gsm8k",
+            )
+            continue
         close = difflib.get_close_matches(str(name), TASKS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         require(name in TASKS, "tasks", f"names an unknown task {name!r}{hint} (known tasks: {', '.join(TASKS)})")

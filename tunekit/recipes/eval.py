@@ -1,9 +1,11 @@
 """Evaluate a model: exact-match accuracy, perplexity and reward-model win rate, with greedy, sampled or best-of-n
-generation. Works on a base model, an adapter run's final/ or a merged export (model.path).
+generation, and lm-evaluation-harness tasks (lm_eval:<task>). Works on a base model, an adapter run's final/ or a
+merged export (model.path).
 
     python -m tunekit.recipes.eval                                       # tiny model, generated arithmetic, offline
     python -m tunekit.recipes.eval model.path=runs/sft-warmstart/final
     python -m tunekit.recipes.eval --config recipes/eval/gsm8k-tiny.yaml
+    python -m tunekit.recipes.eval --config recipes/eval/lm-eval-gsm8k.yaml   # needs pip install "tunekit[lm-eval]"
 
 Writes results.json (metrics, counts, config), samples.jsonl (one line per prompt) and config.yaml into
 output_dir. Nothing is trained. See docs/eval.md.
@@ -25,6 +27,7 @@ from tunekit.eval.data import (
     reference_answers,
     sft_data_config,
 )
+from tunekit.eval.lm_eval import LMEvalConfig, is_lm_eval_task, plan_lm_eval, run_lm_eval
 from tunekit.eval.model import Device, check_causal_lm, load_eval_model, resolve_device
 from tunekit.eval.opponent import REFERENCE, opponent_completions, prepare_opponent
 from tunekit.eval.perplexity import perplexity
@@ -54,11 +57,13 @@ class EvalConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
-    # One task or a list of them: exact_match, perplexity, win_rate.
+    # One task or a list of them: exact_match, perplexity, win_rate, and lm-evaluation-harness tasks as
+    # lm_eval:<task> (lm_eval:gsm8k; see the lm_eval section).
     tasks: str | list[str] = field(default_factory=lambda: ["exact_match", "perplexity"])
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     exact_match: ExactMatchConfig = field(default_factory=ExactMatchConfig)
     win_rate: WinRateConfig = field(default_factory=WinRateConfig)
+    lm_eval: LMEvalConfig = field(default_factory=LMEvalConfig)
     # Prompts per generate call (best_of_n: n rows each) and rows per perplexity forward pass.
     batch_size: int = 16
     # Where the models run: auto (cuda when there is a GPU, else cpu), cpu, or cuda (an error without a GPU).
@@ -100,51 +105,66 @@ def run(config: EvalConfig) -> EvalResult:
         config.output_dir = f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}"
     check_config(config)
     tasks = selected_tasks(config.tasks)
+    # lm-eval is installed and knows every lm_eval:<task> before anything else loads.
+    lm_plan = plan_lm_eval(tasks, config.lm_eval, config.model)
+    own = [t for t in tasks if not is_lm_eval_task(t)]
     gen, data = config.generation, config.data
-    generating = any(t in GENERATION_TASKS for t in tasks)
+    generating = any(t in GENERATION_TASKS for t in own)
     # Every named reward function and reward model loads before the evaluated model, so a wrong name fails first.
     select_by = load_reward_sources(gen.select_by) if generating and gen.mode == "best_of_n" else []
     checker = load_source(config.exact_match.checker) if "exact_match" in tasks else None
     judge = load_source(config.win_rate.judge) if "win_rate" in tasks else None
 
-    tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
-    rows = load_eval_rows(data, config.seed)
-    # Chat rows are split at their last assistant turn for generation; perplexity scores them whole.
-    split = generation_rows(rows, data) if generating else rows
-    prompts = build_prompts(split, data, tokenizer) if generating else []
-    references = reference_answers(split, data) if checker else []
-    opponent = prepare_opponent(config.win_rate.opponent, split, data, config.model) if judge else None
-    if "perplexity" in tasks:
-        examples, stats = tokenize_rows(rows, sft_data_config(data), tokenizer)
-    say(f"data: {len(rows)} rows from {rows.source}; tasks: {', '.join(tasks)}")
-
+    prompts, generations, opponent, results = [], None, None, {}
     device = resolve_device(config.device)
+    if own:
+        tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
+        rows = load_eval_rows(data, config.seed)
+        # Chat rows are split at their last assistant turn for generation; perplexity scores them whole.
+        split = generation_rows(rows, data) if generating else rows
+        prompts = build_prompts(split, data, tokenizer) if generating else []
+        references = reference_answers(split, data) if checker else []
+        opponent = prepare_opponent(config.win_rate.opponent, split, data, config.model) if judge else None
+        if "perplexity" in tasks:
+            examples, stats = tokenize_rows(rows, sft_data_config(data), tokenizer)
+        say(f"data: {len(rows)} rows from {rows.source}; tasks: {', '.join(own)}")
+
     from accelerate.utils import set_seed
 
     set_seed(config.seed)
-    model = load_eval_model(config.model, device)
-    paths = fast_paths_of(model)
-    say(f"model: {config.model.path} on {device}; {paths.summary()}")
-    results = {}
-    generations = None
-    if generating:
-        say(f"generating: {len(prompts)} prompts, {gen.mode}, up to {gen.max_new_tokens} new tokens")
-        generations = generate(model, tokenizer, prompts, gen, config.batch_size, select_by)
-    if checker is not None and generations is not None:
-        results["exact_match"] = exact_match(prompts, generations, references, checker)
-    if "perplexity" in tasks:
-        results["perplexity"] = perplexity(model, examples, stats, tokenizer.pad_token_id, config.batch_size)
-    del model  # one model in memory at a time: an opponent model may load next
+    if own:
+        model = load_eval_model(config.model, device)
+        paths = fast_paths_of(model)
+        say(f"model: {config.model.path} on {device}; {paths.summary()}")
+        if generating:
+            say(f"generating: {len(prompts)} prompts, {gen.mode}, up to {gen.max_new_tokens} new tokens")
+            generations = generate(model, tokenizer, prompts, gen, config.batch_size, select_by)
+        if checker is not None and generations is not None:
+            results["exact_match"] = exact_match(prompts, generations, references, checker)
+        if "perplexity" in tasks:
+            results["perplexity"] = perplexity(model, examples, stats, tokenizer.pad_token_id, config.batch_size)
+        del model  # one model in memory at a time: an opponent model, or lm-eval's, may load next
     if judge is not None and opponent is not None and generations is not None:
         if opponent.is_model:
             say(f"opponent: {opponent.path}, generating with the same settings")
         theirs = opponent_completions(opponent, config.model, device, gen, config.batch_size, select_by, say)
         results["win_rate"] = win_rate(prompts, generations.completions, theirs, judge, config.win_rate.tie_margin)
-    results = {name: results[name] for name in tasks}
-    # config.yaml records the evaluated model's paths; the opponent (loaded above) took the switches as given.
-    config.model.fast_paths = paths.resolved(config.model.fast_paths)
+    if own:
+        # config.yaml records the evaluated model's paths; the opponent (loaded above) took the switches as given.
+        config.model.fast_paths = paths.resolved(config.model.fast_paths)
+    lm_run = None
+    if lm_plan is not None:
+        say(f"lm-eval: {', '.join(lm_plan.names)} on {config.model.path} (lm-eval's HFLM) on {device}")
+        lm_run = run_lm_eval(lm_plan, config.lm_eval, config.model, device, config.batch_size, config.seed)
+    # In the order asked for; lm-eval's tasks (a group stands for its tasks too) where the first was named.
+    ordered = {}
+    for name in tasks:
+        if not is_lm_eval_task(name):
+            ordered[name] = results[name]
+        elif lm_run is not None:
+            ordered.update(lm_run.results)
     seconds = time.perf_counter() - started
-    done = write_results(Path(config.output_dir), config, results, prompts, generations, seconds)
+    done = write_results(Path(config.output_dir), config, ordered, prompts, generations, seconds, lm_run)
     say("results: " + ", ".join(f"{k} {v:.4g}" for k, v in done.metrics.items() if v is not None))
     say(f"done in {seconds:.1f} s; run directory {done.output_dir}")
     return done
