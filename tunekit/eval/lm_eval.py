@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunekit.errors import ConfigError, require
+from tunekit.errors import ConfigError, DataError, require
 from tunekit.eval.tasks import LM_EVAL_PREFIX as PREFIX
 from tunekit.eval.tasks import TaskResult
 from tunekit.models.load import (
@@ -228,21 +228,28 @@ def run_lm_eval(
     from lm_eval import simple_evaluate
 
     lm, arguments = build_hflm(model, device, config.batch_size or batch_size)
-    output = simple_evaluate(
-        model=lm,
-        tasks=list(plan.names),
-        num_fewshot=config.num_fewshot,
-        limit=config.limit,
-        apply_chat_template=config.apply_chat_template,
-        fewshot_as_multiturn=config.apply_chat_template,
-        gen_kwargs=dict(config.gen_kwargs) or None,
-        task_manager=plan.task_manager,
-        log_samples=True,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
+    try:
+        output = simple_evaluate(
+            model=lm,
+            tasks=list(plan.names),
+            num_fewshot=config.num_fewshot,
+            limit=config.limit,
+            apply_chat_template=config.apply_chat_template,
+            fewshot_as_multiturn=config.apply_chat_template,
+            gen_kwargs=dict(config.gen_kwargs) or None,
+            task_manager=plan.task_manager,
+            log_samples=True,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    except FileNotFoundError as err:
+        # A data file check_data_files could not see: older lm-eval releases do not index the task configs.
+        raise DataError(
+            f"an lm-eval task's data file is missing: {err} (a relative data_files path is taken from the working "
+            f"directory, {Path.cwd()})"
+        ) from None
     return collect(output, arguments, config)
 
 
