@@ -14,6 +14,7 @@ import torch
 
 from tunekit.rl.rollout import Rollout
 from tunekit.train.log import drop_records_from
+from tunekit.train.trackers import log_samples
 
 
 class SampleLog:
@@ -30,8 +31,17 @@ class SampleLog:
         return self.main and self.every > 0 and step % self.every == 0
 
     def write(self, step: int, rollout: Rollout, scores: torch.Tensor, rows: int, score_name: str) -> None:
-        """The first ``rows`` completions of ``rollout`` with their ``scores`` [N]."""
+        """The first ``rows`` completions of ``rollout`` with their ``scores`` [N]; also the run's samples table in
+        the experiment trackers that have tables (train.report_to)."""
+        lines = [
+            {
+                "step": step,
+                "prompt": rollout.prompts[i],
+                "completion": rollout.completions[i],
+                score_name: float(scores[i]),
+            }
+            for i in range(min(rows, len(rollout.prompts)))
+        ]
         with self.path.open("a") as f:
-            for i in range(min(rows, len(rollout.prompts))):
-                record = {"step": step, "prompt": rollout.prompts[i], "completion": rollout.completions[i]}
-                f.write(json.dumps({**record, score_name: float(scores[i])}) + "\n")
+            f.writelines(json.dumps(line) + "\n" for line in lines)
+        log_samples(step, lines)

@@ -15,16 +15,17 @@ import torch
 from accelerate.utils import DistributedType
 
 
-def make_accelerator(mixed_precision: str) -> Any:
+def make_accelerator(mixed_precision: str, **extra: Any) -> Any:
     """An Accelerator; in a single process, several runs with different precisions may follow each other.
 
     accelerate keeps one process-wide state and refuses a second precision; outside a distributed launch that
-    state holds nothing worth keeping between runs, so it is reset.
+    state holds nothing worth keeping between runs, so it is reset. ``extra``: more Accelerator arguments (the
+    trackers', see tunekit/train/trackers.py).
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
-    options = _placement()
+    options = {**_placement(), **extra}
     try:
         return Accelerator(mixed_precision=mixed_precision, **options)
     except ValueError:

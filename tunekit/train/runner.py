@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from tunekit.config import save_config
+from tunekit.config import save_config, to_dict
 from tunekit.data.collate import to_device
 from tunekit.errors import ConfigError, UserError
 from tunekit.train.charts import write_run_charts
@@ -51,6 +51,7 @@ from tunekit.train.rundir import check_room_for_checkpoints
 from tunekit.train.signals import PREEMPTED_EXIT_CODE, StopSignal
 from tunekit.train.spec import RunSpec, StepFn
 from tunekit.train.spikes import SpikeDetector
+from tunekit.train.trackers import accelerator_options, end_trackers, start_trackers
 
 
 @dataclass
@@ -65,12 +66,24 @@ class TrainingStopped(UserError):
 
 
 def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
-    """Run the loop described in the module docstring; returns the final step and the logged history."""
+    """Run the loop described in the module docstring; returns the final step and the logged history.
+
+    The run's experiment trackers (train.report_to) are ended however the loop ends; a run stopped by an error or a
+    signal is left failed or killed in the trackers that keep a status.
+    """
+    try:
+        return _train(spec, model, step_fn)
+    except BaseException as err:
+        end_trackers(err)
+        raise
+
+
+def _train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     cfg = spec.train
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 on the CPU")
     resume_from = spec.resume_from
-    accelerator = make_accelerator(cfg.mixed_precision)
+    accelerator = make_accelerator(cfg.mixed_precision, **accelerator_options(cfg.report_to, spec.output_dir))
     world = accelerator.num_processes
     if world > 1:
         accelerator.print(f"{describe(accelerator)}, {world} processes")
@@ -117,6 +130,10 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     out = spec.output_dir
     history: list[dict[str, Any]] = []
     log = None
+    # Before anything is written: a tracker that cannot start leaves a fresh output_dir as it found it.
+    trackers = start_trackers(
+        accelerator, cfg.tracker_project, to_dict(spec.config), out, start_step if resume_from else None
+    )
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(spec.config, out / "config.yaml")
@@ -165,6 +182,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             history.append(baseline)
             if log is not None:
                 log.write(baseline)
+            trackers.log(baseline)
     bad_in_a_row = skipped_total = 0
     step = start_step
     window_tokens, window_start = 0, time.perf_counter()
@@ -251,6 +269,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
                 history.append(record)
                 if log is not None:
                     log.write(record)
+                trackers.log(record)
                 progress.update(record)
             else:
                 progress.update({})
@@ -278,6 +297,7 @@ def train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_run_charts(out)  # out/plots/*.png; a failure to draw is a logged warning, never a failed run
+    trackers.finish()
     return RunResult(out, step, history)
 
 

@@ -11,7 +11,7 @@ A step function is ``step(model, batch) -> (loss_sum, metrics)``: ``loss_sum`` s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -19,6 +19,7 @@ import torch
 
 from tunekit.errors import require
 from tunekit.losses import LossOutput
+from tunekit.train.trackers import resolve_report_to
 
 StepFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
 
@@ -90,6 +91,15 @@ class TrainConfig:
     progress: bool = True
     # Pad batch widths to a multiple of this (8 suits tensor cores).
     pad_to_multiple_of: int = 1
+    # Experiment trackers, through accelerate's: any of tensorboard, wandb, mlflow, trackio, comet_ml, aim, clearml,
+    # dvclive, swanlab (one name or a list; [] or none: no tracker). Each gets every metrics.jsonl number at its step,
+    # the resolved config and GRPO/PPO samples, and installs as an extra: pip install "tunekit[wandb]"
+    # (docs/trackers.md).
+    report_to: str | list[str] = field(default_factory=list)
+    # The project (W&B, trackio, Comet, SwanLab, ClearML) or experiment (MLflow) of the run's tracker runs, and the
+    # folder of TensorBoard's events under <output_dir>/trackers/. W&B, MLflow and trackio name the run after
+    # output_dir's folder.
+    tracker_project: str = "tunekit"
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", f"must be at least 1, got {self.epochs}")
@@ -106,6 +116,10 @@ class TrainConfig:
         require(self.spike_factor >= 0, "spike_factor", f"must be 0 (off) or more, got {self.spike_factor}")
         multiple = self.pad_to_multiple_of
         require(multiple >= 1, "pad_to_multiple_of", f"must be at least 1, got {multiple}")
+        # Checked here, when the config is read, so that a missing tracker package stops the run before anything
+        # is loaded or written.
+        self.report_to = resolve_report_to(self.report_to)
+        require(bool(self.tracker_project.strip()), "tracker_project", "must not be empty")
 
 
 class Stateful(Protocol):
