@@ -29,6 +29,8 @@ FORBIDDEN = {
     # The fast paths sit under models/ and rl/, which reach them only through tunekit.fast (docs/fast-paths.md).
     "fast": ("tunekit.models", "tunekit.rl", "tunekit.train", "tunekit.recipes", "tunekit.losses"),
     "train": ("tunekit.recipes",),
+    # Judges score and compare with models and reward functions; training and recipes use them, not the reverse.
+    "judges": ("tunekit.train", "tunekit.recipes"),
 }
 
 
