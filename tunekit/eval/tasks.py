@@ -19,8 +19,10 @@ from tunekit.eval.sampling import Generations
 from tunekit.rl.reward_calls import compute_rewards
 from tunekit.rl.rewards import RewardFn, RewardSource, load_reward_function
 
-TASKS = ("exact_match", "perplexity", "win_rate")
-GENERATION_TASKS = ("exact_match", "win_rate")
+TASKS = ("exact_match", "perplexity", "win_rate", "judge", "agreement")
+GENERATION_TASKS = ("exact_match", "win_rate", "judge")
+# Tasks that need the judge section (tunekit/eval/judging.py); agreement needs no evaluated model at all.
+JUDGE_TASKS = ("judge", "agreement")
 # Tasks run by lm-evaluation-harness (tunekit/eval/lm_eval.py): "lm_eval:gsm8k".
 LM_EVAL_PREFIX = "lm_eval:"
 

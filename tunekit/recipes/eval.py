@@ -27,6 +27,7 @@ from tunekit.eval.data import (
     reference_answers,
     sft_data_config,
 )
+from tunekit.eval.judging import AgreementConfig, JudgeTaskConfig, agreement_task, judge_is_pairwise, judge_task
 from tunekit.eval.lm_eval import LMEvalConfig, is_lm_eval_task, plan_lm_eval, run_lm_eval
 from tunekit.eval.model import Device, check_causal_lm, load_eval_model, resolve_device
 from tunekit.eval.opponent import REFERENCE, opponent_completions, prepare_opponent
@@ -35,14 +36,17 @@ from tunekit.eval.results import EvalResult, write_results
 from tunekit.eval.sampling import GenerationConfig, generate
 from tunekit.eval.tasks import (
     GENERATION_TASKS,
+    JUDGE_TASKS,
     ExactMatchConfig,
     WinRateConfig,
     exact_match,
     load_source,
+    prompt_columns,
     selected_tasks,
     win_rate,
 )
 from tunekit.fast import fast_paths_of
+from tunekit.judges.load import check_judge, load_judge
 from tunekit.models.load import ModelConfig, load_tokenizer
 from tunekit.recipes.common import parse_args, run_command, say
 from tunekit.rl.rewards import load_reward_sources
@@ -64,6 +68,11 @@ class EvalConfig:
     exact_match: ExactMatchConfig = field(default_factory=ExactMatchConfig)
     win_rate: WinRateConfig = field(default_factory=WinRateConfig)
     lm_eval: LMEvalConfig = field(default_factory=LMEvalConfig)
+    # The judge of the judge and agreement tasks: an LLM judge (llm:<model>) with a rubric, a reward model or a reward
+    # function; see docs/ai-feedback.md.
+    judge: JudgeTaskConfig = field(default_factory=JudgeTaskConfig)
+    # The human-labelled pairs of the agreement task.
+    agreement: AgreementConfig = field(default_factory=AgreementConfig)
     # Prompts per generate call (best_of_n: n rows each) and rows per perplexity forward pass.
     batch_size: int = 16
     # Where the models run: auto (cuda when there is a GPU, else cpu), cpu, or cuda (an error without a GPU).
@@ -80,6 +89,12 @@ class EvalConfig:
             "a reward function ([{name: math_correct}]) to pick the best of n",
         )
         require(
+            not any(t in JUDGE_TASKS for t in tasks) or bool(self.judge.name.strip()),
+            "judge.name",
+            "is empty: the judge and agreement tasks need a judge (judge.name=llm:<model> with judge.rubric, a reward "
+            "model model:runs/reward-tiny/final, or a reward function)",
+        )
+        require(
             "win_rate" not in tasks or bool(self.win_rate.judge.strip()),
             "win_rate.judge",
             "is empty: the win_rate task needs a reward model to score both sides "
@@ -91,8 +106,13 @@ def check_config(config: EvalConfig) -> None:
     """What the config's own checks cannot see, before anything is loaded: the models are causal LMs, the device
     exists, and output_dir is free and writable."""
     check_causal_lm(config.model.path, "model.path")
-    if "win_rate" in selected_tasks(config.tasks) and config.win_rate.opponent != REFERENCE:
+    tasks = selected_tasks(config.tasks)
+    if "win_rate" in tasks and config.win_rate.opponent != REFERENCE:
         check_causal_lm(config.win_rate.opponent, "win_rate.opponent")
+    if any(t in JUDGE_TASKS for t in tasks):
+        check_judge(config.judge)
+    if "judge" in tasks and config.judge.opponent != REFERENCE:
+        check_causal_lm(config.judge.opponent, "judge.opponent")
     resolve_device(config.device)
     output_dir = Path(config.output_dir)
     prepare_output_dir(output_dir, None)  # refuses a directory that already holds a run
@@ -116,8 +136,11 @@ def run(config: EvalConfig) -> EvalResult:
     judge = load_source(config.win_rate.judge) if "win_rate" in tasks else None
 
     prompts, generations, opponent, results = [], None, None, {}
+    judge_opponent = None
     device = resolve_device(config.device)
-    if own:
+    # agreement judges human-labelled pairs: it needs the judge, not the evaluated model.
+    evaluating = [t for t in own if t != "agreement"]
+    if evaluating:
         tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
         rows = load_eval_rows(data, config.seed)
         # Chat rows are split at their last assistant turn for generation; perplexity scores them whole.
@@ -125,14 +148,16 @@ def run(config: EvalConfig) -> EvalResult:
         prompts = build_prompts(split, data, tokenizer) if generating else []
         references = reference_answers(split, data) if checker else []
         opponent = prepare_opponent(config.win_rate.opponent, split, data, config.model) if judge else None
+        if "judge" in tasks and judge_is_pairwise(config.judge):
+            judge_opponent = prepare_opponent(config.judge.opponent, split, data, config.model)
         if "perplexity" in tasks:
             examples, stats = tokenize_rows(rows, sft_data_config(data), tokenizer)
-        say(f"data: {len(rows)} rows from {rows.source}; tasks: {', '.join(own)}")
+        say(f"data: {len(rows)} rows from {rows.source}; tasks: {', '.join(evaluating)}")
 
     from accelerate.utils import set_seed
 
     set_seed(config.seed)
-    if own:
+    if evaluating:
         model = load_eval_model(config.model, device)
         paths = fast_paths_of(model)
         say(f"model: {config.model.path} on {device}; {paths.summary()}")
@@ -149,7 +174,30 @@ def run(config: EvalConfig) -> EvalResult:
             say(f"opponent: {opponent.path}, generating with the same settings")
         theirs = opponent_completions(opponent, config.model, device, gen, config.batch_size, select_by, say)
         results["win_rate"] = win_rate(prompts, generations.completions, theirs, judge, config.win_rate.tie_margin)
-    if own:
+    if any(t in JUDGE_TASKS for t in own):
+        judged_against = None
+        if judge_opponent is not None and generations is not None:
+            judged_against = opponent_completions(
+                judge_opponent, config.model, device, gen, config.batch_size, select_by, say
+            )
+        say(f"judge: {config.judge.name}" + (f" with rubric {config.judge.rubric}" if config.judge.is_llm else ""))
+        the_judge = load_judge(config.judge, device)
+        if "judge" in own and generations is not None:
+            columns = prompt_columns(prompts)
+            # A rubric's {reference} is the row's reference answer unless the data has a column of that name.
+            columns.setdefault("reference", columns.get("answer", [None] * len(prompts)))
+            results["judge"] = judge_task(
+                the_judge,
+                [p.prompt for p in prompts],
+                generations.completions,
+                columns,
+                judged_against,
+                judge_is_pairwise(config.judge),
+            )
+        if "agreement" in own:
+            results["agreement"] = agreement_task(the_judge, config.agreement, config.seed)
+        del the_judge
+    if evaluating:
         # config.yaml records the evaluated model's paths; the opponent (loaded above) took the switches as given.
         config.model.fast_paths = paths.resolved(config.model.fast_paths)
     lm_run = None
