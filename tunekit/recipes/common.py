@@ -21,6 +21,7 @@ from tunekit.models.reference import ReferencePolicy
 from tunekit.rl.reward_calls import check_reward_rows
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import TaskMetric, load_task_metric
+from tunekit.train.card import RecipeCard, with_model_card
 from tunekit.train.checkpoint import checkpoint_state
 from tunekit.train.engines import leave_process_group
 from tunekit.train.rundir import prepare_output_dir
@@ -170,8 +171,13 @@ def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def run_spec(config: RecipeConfig, output_dir: Path, resume_from: Path | None, **fields: Any) -> RunSpec:
-    """A RunSpec carrying the keys every recipe shares; ``fields`` add the recipe's items, collate, etc."""
+def run_spec(
+    config: RecipeConfig, output_dir: Path, resume_from: Path | None, card: RecipeCard | None = None, **fields: Any
+) -> RunSpec:
+    """A RunSpec carrying the keys every recipe shares; ``fields`` add the recipe's items, collate, etc. With a
+    ``card`` (what the recipe knows of its run), final/ is saved with its model card, final/README.md."""
+    if card is not None and fields.get("save_final") is not None:
+        fields["save_final"] = with_model_card(fields["save_final"], card, config, output_dir)
     return RunSpec(
         output_dir=output_dir,
         config=config,
@@ -213,6 +219,7 @@ class RLInputs:
     held_out: list[PromptExample]
     task: TaskMetric | None
     samples: SampleLog
+    summary: str = ""  # the data line printed, for the model card
 
 
 def load_rl_inputs(config: Any, tokenizer: Any, rewards: list, output_dir: Path, resume_from: Path | None) -> RLInputs:
@@ -223,13 +230,14 @@ def load_rl_inputs(config: Any, tokenizer: Any, rewards: list, output_dir: Path,
     prompts, held_out = read.train, read.held_out
     check_reward_rows(rewards, [*prompts, *held_out])
     task = load_task_metric(config.task_metric, held_out)
-    say(
+    summary = (
         f"data: {len(prompts)} prompts, {len(held_out)} held out, {read.empty_dropped} dropped as empty; "
         f"{config.sampling.num_generations} completions each; task metric: {task.name if task else 'none'}"
     )
+    say(summary)
     resume_step = checkpoint_state(resume_from)["step"] if resume_from else None
     samples = SampleLog(output_dir / "samples.jsonl", config.sample_every, resume_step)
-    return RLInputs(prompts, held_out, task, samples)
+    return RLInputs(prompts, held_out, task, samples, summary)
 
 
 def say_held_out_outcome(history: list[dict[str, Any]], keys: list[str]) -> None:

@@ -39,6 +39,7 @@ from tunekit.recipes.common import (
     start_run,
     use_fast_paths,
 )
+from tunekit.train.card import RecipeCard
 from tunekit.train.runner import RunResult, train
 from tunekit.train.spec import TrainConfig, step_result
 
@@ -96,8 +97,9 @@ def run(config: DPOConfig) -> RunResult:
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
     pairs, eval_pairs, stats = load_pair_data(config.data, tokenizer, config.seed, synthetic.preference_pairs)
-    for name, stat in stats.items():
-        say(f"data ({name}): {stat.summary()}")
+    data_lines = [f"data ({name}): {stat.summary()}" for name, stat in stats.items()]
+    for line in data_lines:
+        say(line)
     collate = partial(collate_pairs, pad_id=tokenizer.pad_token_id, pad_to_multiple_of=config.train.pad_to_multiple_of)
 
     model = build_policy(config.model, reference_adapter=config.loss.loss_type not in REFERENCE_FREE)
@@ -125,6 +127,7 @@ def run(config: DPOConfig) -> RunResult:
         config,
         output_dir,
         resume_from,
+        card=RecipeCard("dpo", __doc__ or "dpo", data_lines),
         items=pairs,
         collate=collate,
         eval_items=eval_pairs,

@@ -6,7 +6,7 @@
 The base is the one recorded in the adapter (``base_model_name_or_path``) unless ``base`` names another; a
 base that is itself an earlier run's adapter is merged too, so the whole chain lands in one model.
 The merged model loads with ``AutoModelForCausalLM`` (or ``AutoModelForSequenceClassification`` for a reward
-adapter) with no peft at all.
+adapter) with no peft at all. Its README.md is a model card carrying over the adapter run's (docs/model-card.md).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tunekit.errors import ConfigError, ModelError
 from tunekit.models.adapters import check_mergeable
 from tunekit.models.load import DTYPES, load_base, load_tokenizer
 from tunekit.recipes.common import parse_args, run_command, say
+from tunekit.train.card import write_export_card
 
 
 @dataclass
@@ -66,8 +67,25 @@ def export(config: ExportConfig) -> Path:
         merged.config.pad_token_id = tokenizer.pad_token_id
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    try:
+        head = "score" if is_score else "causal-lm"
+        write_export_card(out, adapter, base, head, config.dtype, export_command(config))
+    except Exception as err:  # the merged model is saved; a card that cannot be written must not undo that
+        say(f"warning: the merged model is saved, but its model card could not be written: {err}")
     say(f"merged {adapter} into {base}: {out}")
     return out
+
+
+def export_command(config: ExportConfig) -> str:
+    """The command line that repeats this export, for the merged model's card."""
+    words = ["python -m tunekit.recipes.export", f"adapter={config.adapter}", f"output_dir={config.output_dir}"]
+    if config.base:
+        words.append(f"base={config.base}")
+    if config.dtype != "fp32":
+        words.append(f"dtype={config.dtype}")
+    if config.trust_remote_code:
+        words.append("trust_remote_code=true")
+    return " ".join(words)
 
 
 def main(argv: list[str] | None = None) -> Path:

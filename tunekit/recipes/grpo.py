@@ -36,6 +36,7 @@ from tunekit.recipes.common import (
 from tunekit.rl.grpo import GRPOLossConfig, GRPOTrainer
 from tunekit.rl.rewards import RewardSource, load_reward_sources
 from tunekit.rl.rollout import SamplingConfig
+from tunekit.train.card import RecipeCard
 from tunekit.train.runner import RunResult, train
 from tunekit.train.spec import TrainConfig
 
@@ -120,6 +121,7 @@ def run(config: GRPOConfig) -> RunResult:
         config,
         output_dir,
         resume_from,
+        card=RecipeCard("grpo", __doc__ or "grpo", [inputs.summary]),
         items=inputs.prompts,
         collate=collate_prompts,
         evaluate=partial(trainer.evaluate, prompts=inputs.held_out) if inputs.held_out else None,

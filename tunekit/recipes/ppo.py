@@ -36,11 +36,17 @@ from tunekit.rl.ppo import PPOLossConfig, PPOTrainer
 from tunekit.rl.rewards import RewardSource, load_reward_sources
 from tunekit.rl.roles import CriticConfig, SharedRoles, check_reward_model, check_shared_adapter
 from tunekit.rl.rollout import SamplingConfig
+from tunekit.train.card import RecipeCard
 from tunekit.train.runner import RunResult, train
 from tunekit.train.spec import TrainConfig
 
 WARM_START = "runs/sft-warmstart/final"
 DEFAULT_REWARD_MODEL = "runs/reward-warmstart/final"
+# For the model card: what final/ holds of the four roles.
+ACTOR_ONLY = (
+    "This folder holds the actor, the policy PPO trained; the critic (its adapter and value head), the reference "
+    "and the reward model are not part of it."
+)
 HOW_TO_PREPARE = (
     "the default PPO config starts from the SFT warm start that `python -m tunekit.recipes.sft --config "
     "recipes/sft/tiny-warmstart.yaml` writes and scores with the reward model that `python -m "
@@ -130,6 +136,7 @@ def run(config: PPOConfig) -> RunResult:
         config,
         output_dir,
         resume_from,
+        card=RecipeCard("ppo", __doc__ or "ppo", [inputs.summary], notes=[ACTOR_ONLY]),
         items=inputs.prompts,
         collate=collate_prompts,
         evaluate=partial(trainer.evaluate, prompts=inputs.held_out) if inputs.held_out else None,

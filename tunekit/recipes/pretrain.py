@@ -26,7 +26,7 @@ class PretrainConfig(sft.SFTConfig):
 
 def run(config: PretrainConfig) -> RunResult:
     """Train per ``config``; data.path "synthetic" means the embedded text corpus."""
-    return sft.run(config, synthetic_rows=synthetic.text_corpus)
+    return sft.run(config, synthetic_rows=synthetic.text_corpus, recipe="pretrain", about=__doc__)
 
 
 def main(argv: list[str] | None = None) -> RunResult:

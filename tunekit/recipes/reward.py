@@ -32,6 +32,7 @@ from tunekit.recipes.common import (
     start_run,
     use_fast_paths,
 )
+from tunekit.train.card import RecipeCard
 from tunekit.train.runner import RunResult, train
 from tunekit.train.spec import TrainConfig, step_result
 
@@ -88,8 +89,9 @@ def run(config: RewardConfig) -> RunResult:
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
     pairs, eval_pairs, stats = load_pair_data(config.data, tokenizer, config.seed, synthetic.preference_pairs)
-    for name, stat in stats.items():
-        say(f"data ({name}): {stat.summary()}")
+    data_lines = [f"data ({name}): {stat.summary()}" for name, stat in stats.items()]
+    for line in data_lines:
+        say(line)
     collate = partial(collate_pairs, pad_id=tokenizer.pad_token_id, pad_to_multiple_of=config.train.pad_to_multiple_of)
 
     model = load_model(config.model, head="score")
@@ -108,6 +110,7 @@ def run(config: RewardConfig) -> RunResult:
         config,
         output_dir,
         resume_from,
+        card=RecipeCard("reward", __doc__ or "reward", data_lines),
         items=pairs,
         collate=collate,
         evaluate=evaluate if eval_pairs else None,

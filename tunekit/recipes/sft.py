@@ -32,6 +32,7 @@ from tunekit.recipes.common import (
     start_run,
     use_fast_paths,
 )
+from tunekit.train.card import RecipeCard
 from tunekit.train.runner import RunResult, train
 from tunekit.train.spec import step_result
 
@@ -50,21 +51,31 @@ def sft_step(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tenso
     return step_result(token_cross_entropy(logits, batch["labels"]), batch)
 
 
-def run(config: SFTConfig, synthetic_rows: synthetic.Generator = synthetic.sft_examples) -> RunResult:
-    """Train per ``config``; ``synthetic_rows(n, seed, split)`` supplies the data when data.path is "synthetic"."""
+def run(
+    config: SFTConfig,
+    synthetic_rows: synthetic.Generator = synthetic.sft_examples,
+    recipe: str = "sft",
+    about: str | None = None,
+) -> RunResult:
+    """Train per ``config``; ``synthetic_rows(n, seed, split)`` supplies the data when data.path is "synthetic".
+    ``recipe`` and ``about`` (what it does) name the recipe in the model card: pretrain runs this one too."""
     check_adapter_use(config.model, packing=config.data.packing)
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
     examples, eval_examples, stats = load_sft_data(config.data, tokenizer, config.seed, synthetic_rows)
-    for name, stat in stats.items():
-        say(f"data ({name}): {stat.summary()}")
+    data_lines = [f"data ({name}): {stat.summary()}" for name, stat in stats.items()]
+    for line in data_lines:
+        say(line)
     pad = tokenizer.pad_token_id
     multiple = config.train.pad_to_multiple_of
     if config.data.packing:
         items: list[Any] = pack_examples(examples, config.data.max_length)
         eval_items: list[Any] = pack_examples(eval_examples, config.data.max_length) if eval_examples else []
         collate = partial(collate_packed, pad_id=pad, pad_to_multiple_of=multiple)
-        say(f"packing: {len(examples)} examples into {len(items)} rows of at most {config.data.max_length} tokens")
+        data_lines.append(
+            f"packing: {len(examples)} examples into {len(items)} rows of at most {config.data.max_length} tokens"
+        )
+        say(data_lines[-1])
     else:
         items, eval_items = examples, eval_examples
         collate = partial(collate_examples, pad_id=pad, pad_to_multiple_of=multiple)
@@ -80,6 +91,7 @@ def run(config: SFTConfig, synthetic_rows: synthetic.Generator = synthetic.sft_e
         config,
         output_dir,
         resume_from,
+        card=RecipeCard(recipe, about or __doc__ or recipe, data_lines),
         items=items,
         collate=collate,
         eval_items=eval_items,

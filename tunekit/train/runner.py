@@ -288,6 +288,10 @@ def _train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
     progress.close()
     if log is not None:
         log.close()
+    if accelerator.is_main_process:
+        # out/plots/*.png, from the finished metrics.jsonl and before final/, whose model card shows them; a failure
+        # to draw is a logged warning, never a failed run.
+        write_run_charts(out)
     if spec.save_final is not None:
         # Sharded engines gather the whole state dict (every process takes part); otherwise the model saves its own.
         state_dict = accelerator.get_state_dict(model) if sharded else None
@@ -295,8 +299,6 @@ def _train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
             save = spec.save_final if state_dict is None else partial(spec.save_final, state_dict=state_dict)
             _save_final_atomically(save, accelerator.unwrap_model(model), out / "final")
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_run_charts(out)  # out/plots/*.png; a failure to draw is a logged warning, never a failed run
     trackers.finish()
     return RunResult(out, step, history)
 
