@@ -124,16 +124,29 @@ def wandb_records(path: Path) -> list[Any]:
     return records
 
 
-def test_wandb_offline_writes_its_run_and_a_resumed_run_keeps_the_id(tmp_path, monkeypatch):
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    """W&B in offline mode, writing under ``tmp_path/wandb``; its service process is shut down after the test."""
     import wandb
 
     for name, value in (("WANDB_MODE", "offline"), ("WANDB_DIR", str(tmp_path)), ("WANDB_SILENT", "true")):
         monkeypatch.setenv(name, value)
+    yield
+    wandb.teardown()
+
+
+def finish_wandb() -> None:
+    """Wait for W&B's service process: it writes the run file and can still be flushing it when the run has
+    finished (a process that exits waits for it in its atexit hook)."""
+    import wandb
+
+    wandb.teardown()
+
+
+def test_wandb_offline_writes_its_run_and_a_resumed_run_keeps_the_id(tmp_path, offline_wandb):
     out = tmp_path / "run"
     run(sft_config(out, "max_steps=2", "train.report_to=[wandb]"))
-    # The run file is written by W&B's own service process, which can still be flushing it when the run has
-    # finished; teardown waits for the service (a process exiting does the same in its atexit hook).
-    wandb.teardown()
+    finish_wandb()
     run_id = json.loads((out / IDS_FILE).read_text())["wandb"]["id"]
     [first] = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
     records = wandb_records(first / f"run-{run_id}.wandb")
@@ -157,8 +170,9 @@ def test_wandb_offline_writes_its_run_and_a_resumed_run_keeps_the_id(tmp_path, m
     assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
 
 
-def test_grpo_samples_go_to_mlflow_as_a_table(tmp_path, monkeypatch):
+def test_grpo_samples_go_to_each_tracker_that_has_tables(tmp_path, monkeypatch, offline_wandb):
     from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     store = f"file:{tmp_path / 'mlruns'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
@@ -175,15 +189,42 @@ def test_grpo_samples_go_to_mlflow_as_a_table(tmp_path, monkeypatch):
         "sampling.max_new_tokens=4",
         "sample_every=1",
         "max_steps=2",
-        "train.report_to=mlflow",
+        "train.report_to=[mlflow,tensorboard,wandb]",
     ]
     run_grpo(load_config(GRPOConfig, None, overrides))
-    run_id = json.loads((out / IDS_FILE).read_text())["mlflow"]["run_id"]
-    client = MlflowClient(store)
-    table = client.load_table(client.get_run(run_id).info.experiment_id, "samples.json", run_ids=[run_id])
+    finish_wandb()
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["step"] for s in samples] == [0, 0, 0, 0, 1, 1, 1, 1]
+    ids = json.loads((out / IDS_FILE).read_text())
+
+    # MLflow: one table artifact, each step's rows appended, equal to samples.jsonl.
+    client = MlflowClient(store)
+    run_id = ids["mlflow"]["run_id"]
+    table = client.load_table(client.get_run(run_id).info.experiment_id, "samples.json", run_ids=[run_id])
     assert table[["step", "prompt", "completion", "reward"]].to_dict("records") == samples
+
+    # TensorBoard: a markdown table in the Text tab at each sampled step, a row per sample.
+    events = EventAccumulator(str(out / "trackers" / "tunekit"))
+    events.Reload()
+    texts = events.Tensors("samples/text_summary")
+    assert [t.step for t in texts] == [0, 1]
+    first = texts[0].tensor_proto.string_val[0].decode()
+    assert first.splitlines()[0] == "| step | prompt | completion | reward |" and len(first.splitlines()) == 2 + 4
+
+    # W&B: a wandb.Table at each sampled step: the history names its file, which holds the step's rows.
+    run_id = ids["wandb"]["id"]
+    [folder] = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
+    tables = {}
+    for r in wandb_records(folder / f"run-{run_id}.wandb"):
+        items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+        if items.get("samples/_type") == "table-file":
+            tables[items["_step"]] = json.loads((folder / "files" / items["samples/path"]).read_text())
+    assert sorted(tables) == [0, 1]
+    for step, table in tables.items():
+        assert table["columns"] == ["step", "prompt", "completion", "reward"]
+        assert [dict(zip(table["columns"], row, strict=True)) for row in table["data"]] == [
+            s for s in samples if s["step"] == step
+        ]
 
 
 def test_an_unknown_tracker_is_refused_with_the_known_names():

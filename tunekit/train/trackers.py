@@ -233,7 +233,8 @@ def start_trackers(
     names = [str(name) for name in accelerator.log_with]
     ids_path = output_dir / IDS_FILE
     saved = json.loads(ids_path.read_text()) if ids_path.is_file() else {}
-    fresh = not output_dir.exists() or not any(output_dir.iterdir())
+    existed = output_dir.exists()
+    fresh = not existed or not any(output_dir.iterdir())
     try:
         accelerator.init_trackers(project, init_kwargs=_init_kwargs(names, saved, output_dir, resume_step))
         values = flat_config(config)
@@ -243,7 +244,7 @@ def start_trackers(
     except Exception as err:
         trackers.finish(err)
         if fresh and output_dir.exists():
-            shutil.rmtree(output_dir)
+            _remove_what_was_written(output_dir, keep_folder=existed)
         package = type(err).__module__.split(".")[0]
         hint = f"; {_START_HINTS[package]}" if package in _START_HINTS else ""
         raise ConfigError(
@@ -277,11 +278,11 @@ def _init_kwargs(
         kwargs["tensorboard"] = {"purge_step": resume_step + 1 if resume_step is not None else 0}
     if "wandb" in names:
         run_id = saved.get("wandb", {}).get("id") or uuid.uuid4().hex[:8]
-        wandb: dict[str, Any] = {"name": run_name, "id": run_id, "resume": "allow"}
-        if not os.environ.get("WANDB_DIR"):
-            (output_dir / LOCAL_DIR).mkdir(parents=True, exist_ok=True)
-            wandb["dir"] = str(output_dir / LOCAL_DIR)
-        kwargs["wandb"] = wandb
+        # W&B's local folder: WANDB_DIR when set, else beside the run's other tracker files. Passed explicitly
+        # because W&B reads WANDB_DIR once per process, and a process may run several trainings (tests, notebooks).
+        local = Path(os.environ.get("WANDB_DIR") or output_dir / LOCAL_DIR)
+        local.mkdir(parents=True, exist_ok=True)
+        kwargs["wandb"] = {"name": run_name, "id": run_id, "resume": "allow", "dir": str(local)}
     if "mlflow" in names:
         kwargs["mlflow"] = {"run_name": run_name, "run_id": saved.get("mlflow", {}).get("run_id")}
     if "trackio" in names:
@@ -315,6 +316,18 @@ def _new_params(values: dict[str, Any]) -> dict[str, Any]:
     run = mlflow.active_run()
     held = mlflow.get_run(run.info.run_id).data.params if run is not None else {}
     return {key: value for key, value in values.items() if key not in held}
+
+
+def _remove_what_was_written(output_dir: Path, keep_folder: bool) -> None:
+    """Empty ``output_dir`` of what the trackers wrote, and remove it too unless it was there (empty) before."""
+    if not keep_folder:
+        shutil.rmtree(output_dir)
+        return
+    for child in output_dir.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _write_ids(path: Path, ids: dict[str, Any]) -> None:
