@@ -201,6 +201,7 @@ def front_matter(recipe: str, values: dict[str, Any], method: str, head: str, st
 
 
 def held_out_section(history: list[dict[str, Any]]) -> str:
+    """The held-out results as a table: each ``eval/`` metric's first, final and best value, with its step."""
     metrics = held_out_metrics(history)
     if not metrics:
         return "No held-out evaluation ran (no held-out data, or `train.eval_every` and the last step logged none)."
