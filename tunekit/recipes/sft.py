@@ -18,10 +18,11 @@ from tunekit.data import synthetic
 from tunekit.data.collate import collate_examples, collate_packed, collate_padding_free, model_inputs
 from tunekit.data.packing import pack_examples
 from tunekit.data.sft import DataConfig, load_sft_data
-from tunekit.losses.sft import label_cross_entropy, token_cross_entropy
+from tunekit.errors import require
+from tunekit.losses.sft import label_cross_entropy, token_cross_entropy, with_router_aux_loss
 from tunekit.models.adapters import apply_adapter, check_adapter_use, trained_summary
-from tunekit.models.load import load_model, load_tokenizer
-from tunekit.models.logprobs import causal_lm_logits, label_logits
+from tunekit.models.load import load_model, load_tokenizer, use_router_aux_loss
+from tunekit.models.logprobs import causal_lm_forward, label_logits
 from tunekit.recipes.common import (
     RecipeConfig,
     final_saver,
@@ -40,15 +41,29 @@ from tunekit.train.spec import step_result
 @dataclass
 class SFTConfig(RecipeConfig):
     data: DataConfig = field(default_factory=DataConfig)
+    # Mixture-of-experts models: weight of the router's load-balancing loss added to the next-token loss (null: the
+    # model config's router_aux_loss_coef, e.g. 0.001 for Mixtral; 0: none). Dense models have no router and ignore it.
+    router_aux_loss_coef: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        coef = self.router_aux_loss_coef
+        require(coef is None or coef >= 0, "router_aux_loss_coef", f"must be 0 or more (or null), got {coef}")
 
 
-def sft_step(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Summed next-token loss over the batch's label tokens."""
+def sft_step(
+    model: torch.nn.Module, batch: dict[str, Any], router_aux_loss_coef: float = 0.0
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Summed next-token loss over the batch's label tokens, plus the router's load-balancing loss (weighted by
+    ``router_aux_loss_coef``) where a mixture-of-experts model returns one."""
     if "seq_lens" in batch:  # padding-free: logits only where there is a label
         logits, targets, _ = label_logits(model, batch)
         return step_result(label_cross_entropy(logits, targets), batch)
-    logits = causal_lm_logits(model, model_inputs(batch, model))
-    return step_result(token_cross_entropy(logits, batch["labels"]), batch)
+    logits, aux_loss = causal_lm_forward(model, model_inputs(batch, model))
+    loss = token_cross_entropy(logits, batch["labels"])
+    if aux_loss is not None and router_aux_loss_coef:
+        loss = with_router_aux_loss(loss, aux_loss, router_aux_loss_coef)
+    return step_result(loss, batch)
 
 
 def run(
@@ -81,8 +96,11 @@ def run(
         collate = partial(collate_examples, pad_id=pad, pad_to_multiple_of=multiple)
 
     model = load_model(config.model)
+    aux_coef = use_router_aux_loss(model, config.router_aux_loss_coef)
     model = apply_adapter(model, config.model.adapter, gradient_checkpointing=config.model.gradient_checkpointing)
     say(f"model: {config.model.path}, {trained_summary(model)}")
+    if aux_coef:
+        say(f"router load-balancing loss: weight {aux_coef} (router_aux_loss_coef)")
     paths = use_fast_paths(model, config)
     if paths.uses("padding-free"):
         # Same examples per batch, same loss; no padding, and each example's attention stays its own.
@@ -97,7 +115,7 @@ def run(
         eval_items=eval_items,
         save_final=final_saver(tokenizer),
     )
-    result = train(spec, model, sft_step)
+    result = train(spec, model, partial(sft_step, router_aux_loss_coef=aux_coef))
     say(f"done: {result.step} steps; run directory {output_dir}")
     return result
 
