@@ -212,6 +212,16 @@ ONE_OFF = [
         ),
     ),
     Case("ppo", "PPO with no reward at all", ("rewards=[]",), "rewards is empty and reward_model is unset"),
+    # Trackers and judges.
+    Case("sft", "train.report_to names no tracker", ("train.report_to=tensorbored",), "did you mean 'tensorboard'"),
+    Case("dpo", "a tracker whose package is missing", ("train.report_to=comet_ml",), 'pip install "tunekit[comet-ml]"'),
+    Case("eval", "a judge task without a judge", ("tasks=[agreement]",), "judge.name is empty"),
+    Case(
+        "eval",
+        "a rubric that does not exist",
+        ("tasks=[judge]", "judge.name=llm:tiny-llama", "judge.rubric=kindness"),
+        "rubric 'kindness' is neither a shipped rubric",
+    ),
 ]
 
 CASES = _data_cases() + ONE_OFF
