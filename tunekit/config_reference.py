@@ -168,7 +168,7 @@ def rows(config: Any, prefix: str = "") -> list[Row]:
 
 def recipes() -> dict[str, tuple[type, str, str]]:
     """Recipe name -> (its config class, the docs page or page#section that explains it, that link's text)."""
-    from tunekit.recipes import dpo, eval, export, grpo, ppo, pretrain, reward, sft
+    from tunekit.recipes import constitution, dpo, eval, export, grpo, label, ppo, pretrain, reward, sft
 
     return {
         "sft": (sft.SFTConfig, "sft.md", "sft.md"),
@@ -179,6 +179,12 @@ def recipes() -> dict[str, tuple[type, str, str]]:
         "ppo": (ppo.PPOConfig, "ppo.md", "ppo.md"),
         "eval": (eval.EvalConfig, "eval.md", "eval.md"),
         "export": (export.ExportConfig, "sft.md#export", "sft.md: export"),
+        "label": (label.LabelConfig, "ai-feedback.md#rlaif-labelling", "ai-feedback.md: RLAIF labelling"),
+        "constitution": (
+            constitution.ConstitutionConfig,
+            "ai-feedback.md#constitutional-critique-and-revision",
+            "ai-feedback.md: constitutional critique and revision",
+        ),
     }
 
 
