@@ -119,7 +119,7 @@ def test_killed_and_resumed_run_writes_the_same_files(tmp_path, monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(constitution, "generate_rollout", killed_in_second_chunk)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="130"):
         run(config(tmp_path / "killed", *overrides))
     calls.clear()
     monkeypatch.setattr(constitution, "generate_rollout", lambda *args: calls.append(args[2]) or real(*args))

@@ -122,7 +122,26 @@ def test_pointwise_llm_judge_scores_each_response(tmp_path):
         assert "consistency" not in pair
 
 
-def test_killed_and_resumed_run_writes_the_same_file(tmp_path, monkeypatch, longer_judge):
+def test_a_reward_model_judge_that_ties_everything_gives_no_pair(tmp_path, tiny_llama_path):
+    """A reward model whose score head is all zeros scores every response 0: every prompt's pair has margin 0,
+    which min_margin=0 drops, and counts."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rm = tmp_path / "rm"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_path, num_labels=1)
+    with torch.no_grad():
+        model.score.weight.zero_()
+    model.save_pretrained(rm)
+    AutoTokenizer.from_pretrained(tiny_llama_path).save_pretrained(rm)
+    overrides = ["data.synthetic_size=3", "sampling.num_generations=2", f"judge.name=model:{rm}"]
+    dropped = run(label_config(tmp_path / "dropped", *overrides))
+    assert dropped.counts["low_margin"] == 3 and dropped.counts.get("pairs", 0) == 0
+    assert (tmp_path / "dropped" / "pairs.jsonl").read_text() == ""
+    assert "0 pairs written" in dropped.summary and "mean margin nan" in dropped.summary
+
+
+def test_killed_and_resumed_run_writes_the_same_file(tmp_path, monkeypatch, capsys, longer_judge):
     overrides = ["data.synthetic_size=6", "sampling.num_generations=2", "chunk_size=2", f"judge.name={longer_judge}"]
     whole = run(label_config(tmp_path / "whole", *overrides, "min_margin=-1"))
     assert whole.counts["pairs"] == 6  # the longer response is chosen, ties kept: every prompt gives a pair
@@ -137,9 +156,13 @@ def test_killed_and_resumed_run_writes_the_same_file(tmp_path, monkeypatch, long
         return real(model, tokenizer, prompts, sampling)
 
     monkeypatch.setattr(label, "generate_rollout", killed_on_third_chunk)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="130"):
         run(label_config(tmp_path / "killed", *overrides, "min_margin=-1"))
     assert len(read_pairs(tmp_path / "killed")) == 4
+    assert (
+        f"interrupted: 4 of 6 prompts done (2 chunks); continue with output_dir={tmp_path / 'killed'} resume=auto"
+        in (capsys.readouterr().err)
+    )
     sampled.clear()
     monkeypatch.setattr(label, "generate_rollout", lambda *a: sampled.extend(p.prompt for p in a[2]) or real(*a))
     resumed = run(label_config(tmp_path / "killed", *overrides, "min_margin=-1", "resume=auto"))

@@ -32,6 +32,7 @@ from tunekit.train.rundir import check_room_for_checkpoints
 T = TypeVar("T")
 
 PROGRESS_FILE = "progress.json"
+INTERRUPTED_EXIT_CODE = 130  # as a shell reports a process stopped by SIGINT
 CONFIG_FILE = "config.yaml"
 
 
@@ -224,6 +225,16 @@ class ChunkedRun:
                 if postfix is not None:
                     bar.set_postfix(postfix(state.counts), refresh=False)
                 bar.update(len(chunk))
+        except KeyboardInterrupt:
+            # Ctrl-C: what is on disk is whole chunks (or is cut back to them on resume), so stop at once with a
+            # message rather than a traceback.
+            bar.close()
+            print(
+                f"interrupted: {state.prompts_done} of {len(items)} prompts done ({state.chunks_done} chunks); "
+                f"continue with output_dir={self.output_dir} resume=auto",
+                file=sys.stderr,
+            )
+            raise SystemExit(INTERRUPTED_EXIT_CODE) from None
         finally:
             bar.close()
         return dict(state.counts)
