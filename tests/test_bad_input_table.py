@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tunekit.errors import USER_ERROR_EXIT_CODE, exit_on_user_error
-from tunekit.recipes import dpo, eval, grpo, ppo, pretrain, reward, sft
+from tunekit.recipes import constitution, dpo, eval, grpo, label, ppo, pretrain, reward, sft
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 BEGIN = "<!-- bad-input table: written by python tests/test_bad_input_table.py --write -->"
@@ -35,6 +35,8 @@ RECIPES = {
     "grpo": (grpo, {"prompt": "a", "answer": "1"}, "prompt", ["model.path=tiny-llama"]),
     "ppo": (ppo, {"prompt": "a", "answer": "1"}, "prompt", ["model.path=tiny-llama", "reward_model=null"]),
     "eval": (eval, {"prompt": "a", "completion": "b"}, "completion", ["tasks=[exact_match, perplexity]"]),
+    "label": (label, {"prompt": "a", "answer": "1"}, "prompt", ["model.path=tiny-llama"]),
+    "constitution": (constitution, {"prompt": "a"}, "prompt", ["model.path=tiny-llama"]),
 }
 
 

@@ -31,6 +31,8 @@ FORBIDDEN = {
     "train": ("tunekit.recipes",),
     # Judges score and compare with models and reward functions; training and recipes use them, not the reverse.
     "judges": ("tunekit.train", "tunekit.recipes"),
+    # The AI-feedback machinery under the label and constitution recipes.
+    "feedback": ("tunekit.recipes",),
 }
 
 
