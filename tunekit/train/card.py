@@ -27,7 +27,6 @@ import yaml
 
 from tunekit.config import to_dict
 from tunekit.models.adapters import saved_adapter_method
-from tunekit.models.load import resolve_model_path
 from tunekit.models.tiny import TINY_MODELS, cache_dir
 from tunekit.train.card_facts import (
     BEST_RULE,
@@ -46,6 +45,7 @@ from tunekit.train.card_facts import (
     root_base,
     saved_parameters,
 )
+from tunekit.train.card_text import document, fenced, grid, loading_snippet, scoring_note, table, upload_note
 from tunekit.train.log import read_metrics
 
 log = logging.getLogger(__name__)
@@ -146,16 +146,16 @@ def render_run_card(
         f"{what}{role}, trained from {_describe_base(started)} by tunekit's `{card.recipe}` recipe. {about}",
         *card.notes,
         "## Method",
-        _table(_method_rows(method, adapter, values, directory, head)),
+        table(_method_rows(method, adapter, values, directory, head)),
         "## Data",
         _data_section(values, card.data),
         "## Training",
-        _table(_training_rows(values, history, processes)),
+        table(_training_rows(values, history, processes)),
     ]
     recipe_own = {k: v for k, v in values.items() if k not in SHARED_KEYS}
     if recipe_own:
         own = yaml.safe_dump(recipe_own, sort_keys=False).rstrip()
-        parts += ["The recipe's own settings:", _fenced(own, "yaml")]
+        parts += ["The recipe's own settings:", fenced(own, "yaml")]
     parts += ["## Held-out results", held_out_section(history)]
     if charts:
         parts += ["## Charts", "\n".join(f"![{Path(name).stem}]({name})" for name in charts)]
@@ -167,16 +167,16 @@ def render_run_card(
         "## Reproduce",
         "With the same base model and data, in the tunekit checkout the run was made in (the run's config.yaml "
         "holds every setting; `output_dir` names a new folder, since the run's own already holds it):",
-        _fenced(command, "bash"),
-        f"<details><summary>config.yaml</summary>\n\n{_fenced(config_text.rstrip(), 'yaml')}\n\n</details>",
+        fenced(command, "bash"),
+        f"<details><summary>config.yaml</summary>\n\n{fenced(config_text.rstrip(), 'yaml')}\n\n</details>",
         "## Load",
         "With transformers and peft alone (replace the folder by the Hub repository once uploaded):",
-        _fenced(loading_snippet(str(final), head, adapter, started, values["model"].get("dtype", "fp32")), "python"),
-        *_scoring_note(head),
+        fenced(loading_snippet(str(final), head, adapter, started, values["model"].get("dtype", "fp32")), "python"),
+        *scoring_note(head),
         "## Upload",
         upload_note(str(final), local_base=metadata.get("base_model") is None),
     ]
-    return _document(metadata, parts)
+    return document(metadata, parts)
 
 
 def front_matter(recipe: str, values: dict[str, Any], method: str, head: str, started: str) -> dict[str, Any]:
@@ -209,7 +209,7 @@ def held_out_section(history: list[dict[str, Any]]) -> str:
     for m in metrics:
         best = "—" if m.best is None else _at(m.best)
         rows.append((f"`{m.key}`", _at(m.first), _at(m.final), best))
-    return f"From metrics.jsonl; each value with its step. {BEST_RULE}\n\n{_grid(rows)}"
+    return f"From metrics.jsonl; each value with its step. {BEST_RULE}\n\n{grid(rows)}"
 
 
 # ------------------------------------------------------------------------------------------------- sections
@@ -252,7 +252,7 @@ def _data_section(values: dict[str, Any], lines: list[str]) -> str:
     if settings:
         text += f" Settings: {settings}."
     if lines:
-        text += " What the run read, as it printed it:\n\n" + _fenced("\n".join(lines), "text")
+        text += " What the run read, as it printed it:\n\n" + fenced("\n".join(lines), "text")
     return text
 
 
@@ -280,67 +280,6 @@ def _training_rows(values: dict[str, Any], history: list[dict[str, Any]], proces
         ("held-out evaluation", evaluated),
         ("seed", str(values["seed"])),
     ]
-
-
-# -------------------------------------------------------------------------------------------------- loading
-def loading_snippet(folder: str, head: str, adapter: dict[str, Any] | None, base: str, dtype: str = "fp32") -> str:
-    """Python that loads ``folder`` with transformers (and peft for an adapter) and no tunekit."""
-    auto = "AutoModelForSequenceClassification" if head == "score" else "AutoModelForCausalLM"
-    torch_dtype = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}.get(dtype)
-    as_stored = f", dtype={torch_dtype}" if torch_dtype else ""
-    lines = ["import torch"] if torch_dtype else []
-    if adapter is None:
-        # A saved reward model's config.json records its one label; nothing to add.
-        lines += [f"from transformers import {auto}, AutoTokenizer", "", f'folder = "{folder}"']
-        lines += [f"model = {auto}.from_pretrained(folder{as_stored})"]
-    else:
-        base_path = resolve_model_path(base)
-        # A run that started from an earlier run's adapter merged it into its base first; so does the snippet.
-        earlier = head != "score" and (Path(base_path) / "adapter_config.json").is_file()
-        peft_names = "AutoPeftModelForCausalLM, PeftModel" if earlier else "PeftModel"
-        lines += [f"from peft import {peft_names}", f"from transformers import {auto}, AutoTokenizer", ""]
-        lines += [f'folder = "{folder}"']
-        if earlier:
-            lines += [f'base = AutoPeftModelForCausalLM.from_pretrained("{base_path}"{as_stored}).merge_and_unload()']
-        elif head == "score":
-            # num_labels=1: the one-output head this run trained (two outputs, the default, cannot take its weights).
-            lines += [f'base = {auto}.from_pretrained("{base_path}", num_labels=1{as_stored})']
-        else:
-            lines += [f'base = {auto}.from_pretrained("{base_path}"{as_stored})']
-        lines += ["model = PeftModel.from_pretrained(base, folder)"]
-    lines += ["tokenizer = AutoTokenizer.from_pretrained(folder)"]
-    return "\n".join(lines)
-
-
-def _scoring_note(head: str) -> list[str]:
-    if head != "score":
-        return []
-    return [
-        "The score of a text is the head's output at its last token. Scored one text at a time, unpadded, that is "
-        "what the model returns once `pad_token_id` is unset; left set, transformers would skip a final EOS that "
-        "doubles as the pad token and read the token before it. For batches, tunekit's `RewardScorer` reads each "
-        "row's last real token (docs/reward.md).",
-        _fenced(
-            "model.config.pad_token_id = None\n"
-            'score = model(**tokenizer("Question: What is 2 + 2?\\nAnswer: 4" + tokenizer.eos_token, '
-            'return_tensors="pt")).logits[0, 0]',
-            "python",
-        ),
-    ]
-
-
-def upload_note(folder: str, local_base: bool) -> str:
-    text = (
-        f"tunekit never uploads anything. The folder is a complete Hugging Face repository (weights, tokenizer, this "
-        f"card and its charts):\n\n{_fenced(f'hf upload <user>/<repo> {folder}', 'bash')}"
-    )
-    if local_base:
-        text += (
-            "\n\nThe base model is not on the Hub (a local folder or tunekit's embedded model), so the front matter "
-            "names no `base_model`: the Hub refuses anything but a Hub id there. If the folder is a copy of a Hub "
-            "model, add `base_model: <its id>` before uploading."
-        )
-    return text
 
 
 # ---------------------------------------------------------------------------------------------- the export's card
@@ -386,15 +325,15 @@ def write_export_card(out: Path, adapter: Path, base: str, head: str, dtype: str
     parts += [
         "## Reproduce",
         "From the adapter folder (the adapter run's own card says how to repeat that run):",
-        _fenced(command, "bash"),
+        fenced(command, "bash"),
         "## Load",
-        _fenced(loading_snippet(str(out), head, None, str(out)), "python"),
-        *_scoring_note(head),
+        fenced(loading_snippet(str(out), head, None, str(out)), "python"),
+        *scoring_note(head),
         "## Upload",
         upload_note(str(out), local_base=metadata.get("base_model") is None),
     ]
     path = out / CARD_NAME
-    path.write_text(_document(metadata, parts))
+    path.write_text(document(metadata, parts))
     return path
 
 
@@ -424,26 +363,6 @@ def _setting(value: Any) -> str:
     if isinstance(value, list | set | tuple):
         return ", ".join(sorted({str(v) for v in value}))  # peft adds its own defaults to modules_to_save, twice
     return str(value)
-
-
-# ------------------------------------------------------------------------------------------------- formatting
-def _document(metadata: dict[str, Any], parts: list[str]) -> str:
-    head = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
-    return f"---\n{head}---\n\n" + "\n\n".join(p.strip() for p in parts if p.strip()) + "\n"
-
-
-def _fenced(text: str, language: str) -> str:
-    return f"```{language}\n{text}\n```"
-
-
-def _table(rows: list[tuple[str, str]]) -> str:
-    return _grid([("setting", "value"), *rows])
-
-
-def _grid(rows: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows[1:]]
-    return "\n".join(lines)
 
 
 def _at(point: tuple[int, float]) -> str:
