@@ -33,14 +33,25 @@ class PairLogps:
     rejected_tokens: torch.Tensor
     ref_chosen: torch.Tensor | None = None  # same sums under the reference policy; None for reference-free types
     ref_rejected: torch.Tensor | None = None
+    # bool: the pairs that count. The others (online DPO's tied pairs) only keep the batch's shape: they add nothing
+    # to the loss, its unit count or the metrics. None: every pair counts.
+    keep: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         shape = self.chosen.shape
-        for name in ("chosen", "rejected", "chosen_tokens", "rejected_tokens", "ref_chosen", "ref_rejected"):
+        for name in ("chosen", "rejected", "chosen_tokens", "rejected_tokens", "ref_chosen", "ref_rejected", "keep"):
             value = getattr(self, name)
             # A stray [B, 1] would broadcast against [B] into a [B, B] loss that still looks plausible.
             if value is not None and (value.dim() != 1 or value.shape != shape):
                 raise ValueError(f"PairLogps.{name} must be [B] = {tuple(shape)}; got {tuple(value.shape)}")
+
+    def kept(self) -> PairLogps:
+        """The pairs ``keep`` marks, as PairLogps of [B'] fields with no mask (all of them when ``keep`` is None)."""
+        if self.keep is None:
+            return self
+        keep = self.keep.bool()
+        names = ("chosen", "rejected", "chosen_tokens", "rejected_tokens", "ref_chosen", "ref_rejected")
+        return PairLogps(*(None if getattr(self, n) is None else getattr(self, n)[keep] for n in names))
 
 
 @dataclass
@@ -186,7 +197,9 @@ PREFERENCE_LOSSES: dict[str, LossFn] = {
 def preference_loss(logps: PairLogps, config: PreferenceLossConfig) -> LossOutput:
     """The ``config.loss_type`` loss summed over the B pairs (``num_units`` = B), and per-batch mean metrics.
 
-    The runner divides by the number of pairs in the optimizer step. Metrics (detached scalars, means over pairs):
+    The runner divides by the number of pairs in the optimizer step. Pairs outside ``logps.keep`` are left out
+    of the loss, ``num_units`` and the metrics (a batch with none kept gives a zero loss over 0 units and no
+    metrics). Metrics (detached scalars, means over pairs):
     "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy" for the implicit reward, which is
     beta * (policy - reference) summed log-probs for reference-based types and beta * per-token average log-prob
     for reference-free ones; "logps/chosen", "logps/rejected", the policy log-probs those rewards are built from
@@ -201,6 +214,13 @@ def preference_loss(logps: PairLogps, config: PreferenceLossConfig) -> LossOutpu
             f"loss_type {config.loss_type!r} needs reference log-probs (PairLogps.ref_chosen and ref_rejected); "
             f"only {sorted(REFERENCE_FREE)} train without a reference model"
         )
+    everything = logps
+    logps = logps.kept()
+    if logps.chosen.numel() == 0:
+        # No pair counts: a zero loss still tied to the graph, so that a backward through it works (and, under DDP,
+        # still meets the other processes' gradients); no metrics, which the runner would weight by 0 units anyway.
+        zero = (everything.chosen.sum() + everything.rejected.sum()) * 0.0
+        return LossOutput(zero, torch.tensor(0, device=zero.device), {})
     losses, extra = loss_fn(logps, config)
 
     with torch.no_grad():
