@@ -84,7 +84,7 @@ def test_killed_while_working_then_resumed_writes_the_same_bytes(tmp_path, unint
 
 def test_killed_between_appending_rows_and_recording_them_is_cut_back_on_resume(tmp_path, monkeypatch, uninterrupted):
     out = tmp_path / "torn"
-    real = chunks._write_atomic
+    real = chunks.write_atomic
     writes = []
 
     def die_on_second_progress(path, text):
@@ -94,10 +94,10 @@ def test_killed_between_appending_rows_and_recording_them_is_cut_back_on_resume(
                 raise RuntimeError("killed")
         real(path, text)
 
-    monkeypatch.setattr(chunks, "_write_atomic", die_on_second_progress)
+    monkeypatch.setattr(chunks, "write_atomic", die_on_second_progress)
     with pytest.raises(RuntimeError):
         complete(out, Work())
-    monkeypatch.setattr(chunks, "_write_atomic", real)
+    monkeypatch.setattr(chunks, "write_atomic", real)
     assert len((out / "a.jsonl").read_text().splitlines()) == 6  # chunk 2's rows are on disk, unrecorded
     second = Work()
     complete(out, second, resume="auto")

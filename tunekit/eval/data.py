@@ -84,8 +84,13 @@ def load_eval_rows(config: EvalDataConfig, seed: int) -> Rows:
         )
     else:
         rows = read_rows(config.path, config.split)
-    if config.max_examples is not None:
-        rows = rows.subset(list(range(min(config.max_examples, len(rows)))))
+    return first_rows(rows, config.max_examples)
+
+
+def first_rows(rows: Rows, limit: int | None) -> Rows:
+    """The first ``limit`` of ``rows`` (all with None); a DataError when none are left to evaluate."""
+    if limit is not None:
+        rows = rows.subset(list(range(min(limit, len(rows)))))
     if len(rows) == 0:
         raise DataError(f"{rows.source} holds no rows")
     return rows

@@ -17,6 +17,7 @@ from tunekit.data import synthetic
 from tunekit.data.pairs import implicit_prompt
 from tunekit.data.sources import Rows, read_rows
 from tunekit.errors import DataError, require
+from tunekit.eval.data import first_rows
 from tunekit.eval.tasks import TaskResult
 from tunekit.judges import Judge
 from tunekit.judges.load import JudgeConfig
@@ -120,10 +121,7 @@ def agreement_pairs(config: AgreementConfig, seed: int) -> tuple[list[str], list
         rows = Rows("synthetic-pairs", generated)
     else:
         rows = read_rows(config.path, config.split)
-    if config.max_examples is not None:
-        rows = rows.subset(list(range(min(config.max_examples, len(rows)))))
-    if len(rows) == 0:
-        raise DataError(f"{rows.source} holds no rows")
+    rows = first_rows(rows, config.max_examples)
     prompts, chosen, rejected = [], [], []
     for i, row in enumerate(rows.rows):
         where = rows.where(i)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from tunekit.config import to_dict
 from tunekit.data.prompts import PromptExample
 from tunekit.eval.sampling import Generations
 from tunekit.eval.tasks import TaskResult
+from tunekit.files import write_atomic
 
 if TYPE_CHECKING:
     from tunekit.eval.lm_eval import LMEvalRun
@@ -118,16 +118,6 @@ def write_run(
 def json_lines(lines: list[dict[str, Any]]) -> str:
     # default=str: lm-eval's samples may hold values JSON has no type for (tuples are lists already).
     return "".join(json.dumps(line, default=str) + "\n" for line in lines)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place (never a half-written file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _finite_or_none(value: Any) -> Any:

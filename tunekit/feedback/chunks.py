@@ -27,6 +27,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from tunekit.errors import ConfigError, DataError
+from tunekit.files import write_atomic
 from tunekit.train.rundir import check_room_for_checkpoints
 
 T = TypeVar("T")
@@ -179,7 +180,7 @@ class ChunkedRun:
         """Create the run directory, write config.yaml and cut each output file back to the last completed chunk
         (the rows of a chunk that was being written when the run was killed)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.output_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+        write_atomic(self.output_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
         for name in self.files:
             path = self.output_dir / name
             with path.open("a") as f:
@@ -221,7 +222,7 @@ class ChunkedRun:
                     state.counts[key] = state.counts.get(key, 0) + value
                 state.chunks_done += 1
                 state.prompts_done = start + len(chunk)
-                _write_atomic(self.output_dir / PROGRESS_FILE, json.dumps(state.__dict__, indent=1) + "\n")
+                write_atomic(self.output_dir / PROGRESS_FILE, json.dumps(state.__dict__, indent=1) + "\n")
                 if postfix is not None:
                     bar.set_postfix(postfix(state.counts), refresh=False)
                 bar.update(len(chunk))
@@ -247,16 +248,6 @@ def _append(path: Path, rows: list[dict[str, Any]]) -> int:
         f.flush()
         os.fsync(f.fileno())
     return path.stat().st_size
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` beside ``path`` and rename it into place: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
