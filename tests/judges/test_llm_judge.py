@@ -112,3 +112,13 @@ def test_judge_names_are_checked_before_anything_loads():
 def test_every_shipped_rubric_loads_and_reads_on_the_tiny_tokenizer(pairwise):
     for name in ("helpfulness", "harmlessness", "correctness", "helpfulness-score"):
         verdict_tokens(pairwise.tokenizer, load_rubric(name))
+
+
+def test_a_judge_that_returns_nothing_is_named(tmp_path):
+    """A scoring judge whose function gives no verdicts fails by name, not with a shape error somewhere later."""
+    from tunekit.rl.rewards import RewardFunctionError
+
+    (tmp_path / "silent.py").write_text("def judge(prompts, completions, **columns):\n    return []\n")
+    judge = load_judge(JudgeConfig(name=f"{tmp_path / 'silent.py'}:judge"))
+    with pytest.raises(RewardFunctionError, match=r"silent.py:judge"):
+        judge.compare(PROMPTS, GOOD, BAD, {})
