@@ -66,6 +66,7 @@ def test_a_path_that_cannot_apply_says_why():
     paths = enable_fast_paths(adapted("ia3"), FastPathConfig())
     assert paths.off["lean-lora"].startswith("no plain LoRA layer")
     assert enable_fast_paths(adapted("dora"), FastPathConfig()).off["lean-lora"].startswith("no plain LoRA layer")
+    assert enable_fast_paths(adapted("full"), FastPathConfig()).off["lean-lora"].startswith("no adapter")
     assert paths.resolved(FastPathConfig()).lean_lora is False  # config.yaml records what ran
     prompted = enable_fast_paths(adapted("prompt_tuning"), FastPathConfig())
     assert "adds tokens" in prompted.off["padding-free"]

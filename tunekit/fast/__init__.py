@@ -141,8 +141,10 @@ def enable_fast_paths(
             return True
         return False
 
+    # Without any adapter (full fine-tuning, a merged model) there is nothing for the lean forward to replace.
+    no_adapter = "no adapter (every weight is the model's own)" if not getattr(model, "peft_config", None) else None
     no_plain = "no plain LoRA layer (DoRA and other variants keep peft's forward)"
-    attempt("lean_lora", None, lambda: None if lean_lora.use_lean_forward(model) else no_plain)
+    attempt("lean_lora", no_adapter, lambda: None if lean_lora.use_lean_forward(model) else no_plain)
     padding_free = attempt("padding_free", varlen.unsupported(model, on_gpu), lambda: varlen.enable(model))
     if not padding_free:
         trimmed_refusal = "needs padding-free"
