@@ -6,9 +6,10 @@ Children are started from a fork server that has already imported torch and tune
 couple of seconds rather than an interpreter start-up. With a checkpoint after every step, many kills land while
 a checkpoint is being written; the script counts those (a leftover ``.tmp-step-*`` directory) and reports them.
 
-With ``--damage``, every other trial whose kill left a checkpoint also damages the newest one after the kill (a
-truncated weights file, a garbage state.json, a truncated optimizer state, in turn), as a failing disk would: the
-resumed run must pass over it to the one before and still end with the uninterrupted run's adapter.
+With ``--damage``, every other trial is killed after its first checkpoint is complete and then has its newest
+checkpoint damaged (a truncated weights file, a garbage state.json, a truncated optimizer state, in turn), as a
+failing disk would: the resumed run must pass over it to the one before and still end with the uninterrupted run's
+adapter.
 """
 
 from __future__ import annotations
@@ -88,12 +89,19 @@ def kill_trials(root: Path, trials: int, seed: int, damage: bool = False) -> dic
         "finished_before_the_kill": 0,
         "damaged_newest_checkpoint": [],
     }
-    trial = left_a_checkpoint = 0
+    trial = 0
     while trial < trials:
         out = root / f"trial-{trial}"
         child = ctx.Process(target=_train, args=(str(out), []))
         child.start()
-        time.sleep(rng.uniform(0.05, duration))
+        damaging = damage and trial % 2 == 1
+        if damaging:
+            # A damage trial needs a checkpoint to damage: kill at a random moment after the first one is complete
+            # (on a loaded machine most random moments of the whole run fall before it).
+            deadline = time.perf_counter() + 10 * duration
+            while not (out / "checkpoints" / "step-1" / "COMPLETE").exists() and time.perf_counter() < deadline:
+                time.sleep(0.01)
+        time.sleep(rng.uniform(0.05, duration / 2 if damaging else duration))
         try:
             os.kill(child.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -109,9 +117,7 @@ def kill_trials(root: Path, trials: int, seed: int, damage: bool = False) -> dic
         if checkpoints.is_dir() and any(p.name.startswith(".tmp-step-") for p in checkpoints.iterdir()):
             report["killed_during_checkpoint_write"] += 1
         complete = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*")) if checkpoints.is_dir() else []
-        if complete:
-            left_a_checkpoint += 1
-        if damage and complete and left_a_checkpoint % 2 == 0:
+        if damaging and complete:
             done = _damage(checkpoints / f"step-{complete[-1]}", len(report["damaged_newest_checkpoint"]))
             report["damaged_newest_checkpoint"].append(f"step-{complete[-1]}: {done}")
             complete = complete[:-1]

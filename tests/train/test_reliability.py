@@ -134,7 +134,7 @@ def test_random_kills_always_resume_to_the_uninterrupted_result(tmp_path, tiny_l
 
     report = kill_trials(tmp_path, trials=10, seed=0, damage=True)
     assert len(report["resumed_from_step"]) == 10
-    assert len(report["damaged_newest_checkpoint"]) >= 2, report  # every other trial whose kill left a checkpoint
+    assert len(report["damaged_newest_checkpoint"]) >= 4, report  # the odd trials, unless a run finished first
     assert report["max_abs_diff"] <= 1e-6, report
 
 
