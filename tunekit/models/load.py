@@ -25,8 +25,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class ModelConfig:
-    # A local Hugging Face directory, a hub id, or an embedded model: tiny-llama, tiny-mistral, or the
-    # mixture-of-experts tiny-mixtral and tiny-qwen-moe.
+    # A local Hugging Face directory, a hub id, or an embedded model: tiny-llama, tiny-mistral, the
+    # mixture-of-experts tiny-mixtral and tiny-qwen-moe, or tiny-llama-small (a smaller student for distillation).
     path: str = "tiny-llama"
     # Dtype the base weights are stored in (and computed in, unless train.mixed_precision says otherwise).
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -17,14 +17,37 @@ from typing import Any
 
 import torch
 
-TINY_MODELS = ("tiny-llama", "tiny-mistral", "tiny-mixtral", "tiny-qwen-moe")
+TINY_MODELS = ("tiny-llama", "tiny-mistral", "tiny-mixtral", "tiny-qwen-moe", "tiny-llama-small")
 # The architecture each embedded model is built as.
-_ARCH = {"tiny-llama": "llama", "tiny-mistral": "mistral", "tiny-mixtral": "mixtral", "tiny-qwen-moe": "qwen2_moe"}
+_ARCH = {
+    "tiny-llama": "llama",
+    "tiny-mistral": "mistral",
+    "tiny-mixtral": "mixtral",
+    "tiny-qwen-moe": "qwen2_moe",
+    "tiny-llama-small": "llama",
+}
+# The default shape; tiny-llama-small, the distillation recipe's student, is half as wide and half as deep, with the
+# same tokenizer, so that a tiny-llama teacher and it share a vocabulary.
+_SHAPE = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
+_SMALL_SHAPE = dict(
+    hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
 # Bump when the recipe below changes, so that old caches are not reused.
-_VERSION = "v2"
+_VERSION = "v3"
+# Without tools, a conversation renders as it always has. With the template's ``tools`` argument (JSON schemas), a
+# system turn names each tool and its parameters, tersely, since every token of it is in every prompt; an assistant
+# message's ``tool_calls`` are written in Hermes/Qwen's format, which tunekit.tools.calls parses.
 DEFAULT_CHAT_TEMPLATE = (
+    "{% if tools %}<|system|>\nTools:"
+    "{% for tool in tools %}{% set f = tool.function if tool.function is defined else tool %}"
+    " {{ f.name }}({{ (f.parameters.properties if f.parameters is defined else {}) | join(', ') }})"
+    "{% endfor %}{{ eos_token }}\n{% endif %}"
     "{% for message in messages %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "<|{{ message['role'] }}|>\n{% if message['content'] is not none %}{{ message['content'] }}{% endif %}"
+    "{% for call in message['tool_calls'] or [] %}{% set f = call.function if call.function is defined else call %}"
+    '<tool_call>{"name": "{{ f.name }}", "arguments": '
+    "{% if f.arguments is string %}{{ f.arguments }}{% else %}{{ f.arguments | tojson }}{% endif %}}</tool_call>"
+    "{% endfor %}{{ eos_token }}\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
@@ -101,9 +124,7 @@ def build_tiny_model(name: str, out_dir: Path, seed: int = 0) -> None:
     tokenizer = train_tokenizer()
     # Small enough for seconds-long CPU tests, big enough to learn the default tasks (a 64-wide, 2-layer
     # model could not learn the default preference pairs: about 65% held-out reward accuracy).
-    shape = dict(
-        hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4
-    )
+    shape = _SMALL_SHAPE if name == "tiny-llama-small" else _SHAPE
     build_causal_lm(out_dir, tokenizer, shape, arch=_ARCH[name], seed=seed)
 
 
