@@ -1,8 +1,17 @@
-"""Advantage estimators: group-relative advantages (GRPO, Dr. GRPO) and generalised advantage estimation (PPO)."""
+"""Advantage estimators: group-relative (GRPO, Dr. GRPO), leave-one-out (RLOO), REINFORCE++ and generalised
+advantage estimation (PPO).
+
+The critic-free estimators take the rewards of N prompts x G completions, laid out [N * G] with each prompt's G
+completions next to each other; GAE takes per-token rewards and a value head's values.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+from tunekit.losses.reduce import masked_whiten
 
 
 def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -32,6 +41,86 @@ def group_advantages(
     if scale_by_std and group_size > 1:
         centred = centred / (grouped.std(dim=1, keepdim=True, correction=1) + eps)
     return centred.reshape(-1)
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): each completion's reward minus the mean of the *other* G - 1
+    completions of its prompt.
+
+    rewards: [N * G] -> advantages [N * G]. ``A_i = r_i - (sum_j r_j - r_i) / (G - 1)``, which equals
+    ``G / (G - 1) * (r_i - mean)``: GRPO's centring without the std division, scaled up a little. The baseline does
+    not contain the completion's own reward, so the estimate of the policy gradient stays unbiased. A group of one
+    has no other completion to compare with: its advantage is 0. Numbers match TRL's RLOOTrainer with
+    ``normalize_advantages=False`` (its default); fold a KL penalty into ``rewards`` first, as RLOO does.
+    """
+    grouped = _grouped(rewards, group_size)
+    if group_size == 1:
+        return torch.zeros_like(rewards)
+    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - baseline).reshape(-1)
+
+
+def sequence_kl_penalty(old_logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] sampling-time and reference log-probs, [B, T] mask -> [B] the k1 KL estimate of each completion,
+    ``sum_t (old_logp_t - ref_logp_t)`` over its valid tokens: the term RLOO subtracts from the reward (times beta).
+
+    k1 can be negative token by token; summed over a sampled completion it is an unbiased estimate of the sequence's
+    KL(policy || ref). TRL's RLOOTrainer uses the same estimate.
+    """
+    return ((old_logps - ref_logps) * mask.to(old_logps.dtype)).sum(dim=1)
+
+
+def reinforce_pp_returns(
+    rewards: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None = None, kl_coef: float = 0.0
+) -> torch.Tensor:
+    """REINFORCE++ (Hu 2025) before its normalisation: the undiscounted return-to-go of a token-level reward.
+
+    rewards: [B] one score per completion; mask: [B, T] valid completion tokens (right-padded); kl: [B, T] the
+    per-token k1 estimate ``old_logp - ref_logp`` (None: no penalty) -> returns [B, T], 0 where the mask is 0.
+
+        r_t = -kl_coef * kl_t + (score if t is the completion's last valid token else 0)
+        G_t = sum_{s >= t} r_s
+
+    The KL is part of the reward rather than of the loss, so each token is charged for the drift of the tokens
+    after it too. A row without a valid token gets zeros (its score has no token to land on).
+    """
+    m = mask.to(rewards.dtype)
+    token_rewards = torch.zeros_like(m)
+    if kl is not None and kl_coef != 0.0:
+        token_rewards = token_rewards - kl_coef * kl.to(rewards.dtype) * m
+    # The last valid token of each row: the index of the largest position among the valid ones.
+    positions = torch.arange(m.shape[1], device=m.device).expand_as(m)
+    last = torch.where(m.bool(), positions, -1).max(dim=1).values
+    has_token = last >= 0
+    rows = torch.arange(m.shape[0], device=m.device)[has_token]
+    token_rewards[rows, last[has_token]] += rewards[has_token]
+    # Reverse cumulative sum: G_t = sum over s >= t.
+    returns = token_rewards.flip(1).cumsum(1).flip(1)
+    return returns * m
+
+
+def normalize_together(
+    values: list[torch.Tensor],
+    masks: list[torch.Tensor],
+    sum_across: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """REINFORCE++'s global batch normalisation: whiten several [B_k, T_k] tensors with one mean and std taken over
+    the valid entries of all of them (``masks`` [B_k, T_k]), and of every process's when ``sum_across`` sums over
+    processes (see :func:`tunekit.losses.reduce.masked_whiten`). Returns each tensor whitened, 0 where its mask is 0.
+
+    The micro-batches of one optimizer step (different widths) are normalised as one batch, so the advantages do
+    not depend on how the step is split.
+    """
+    flat = torch.cat([v[m.bool()] for v, m in zip(values, masks, strict=True)])
+    whitened = masked_whiten(flat, torch.ones_like(flat), sum_across=sum_across)
+    out, start = [], 0
+    for v, m in zip(values, masks, strict=True):
+        result = torch.zeros_like(v)
+        n = int(m.bool().sum())
+        result[m.bool()] = whitened[start : start + n]
+        start += n
+        out.append(result)
+    return out
 
 
 def equal_reward_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

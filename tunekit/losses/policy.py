@@ -14,6 +14,8 @@ from tunekit.losses import LossOutput
 from tunekit.losses.reduce import masked_mean, masked_sum
 
 Aggregation = Literal["token", "sequence", "dr_grpo"]
+# Where the importance ratio lives: one per token (PPO, GRPO) or one per completion (GSPO).
+RatioLevel = Literal["token", "sequence"]
 
 
 def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
@@ -27,32 +29,60 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return torch.expm1(log_ratio) - log_ratio
 
 
+def log_importance_ratio(
+    logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor | None = None, level: RatioLevel = "token"
+) -> torch.Tensor:
+    """[B, T] log-probs under the current and the sampling policy -> the log importance ratio: [B, T] per token
+    (``"token"``), or [B, 1] per completion (``"sequence"``, GSPO: Zheng et al. 2025).
+
+    GSPO's ratio is the geometric mean of the token ratios over the completion's valid tokens (``mask`` [B, T]),
+    ``exp(mean_t (logp_t - old_logp_t))``: length-normalised, so a long completion's ratio does not drift further
+    from 1 than a short one's, and one odd token cannot clip a whole sequence alone. A row without a valid token
+    gets log ratio 0. The gradient flows through every token's log-prob in the mean, as in TRL's GRPOTrainer with
+    ``importance_sampling_level="sequence"``.
+    """
+    log_ratio = logps - old_logps
+    if level == "token":
+        return log_ratio
+    if level != "sequence":
+        raise ValueError(f"unknown importance ratio level {level!r}; expected 'token' or 'sequence'")
+    if mask is None:
+        raise ValueError("a sequence-level importance ratio needs the mask of valid completion tokens")
+    m = mask.to(log_ratio.dtype)
+    return ((log_ratio * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)).unsqueeze(1)
+
+
 def clipped_surrogate(
     logps: torch.Tensor,
     old_logps: torch.Tensor,
     advantages: torch.Tensor,
     clip_low: float,
     clip_high: float,
+    mask: torch.Tensor | None = None,
+    level: RatioLevel = "token",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped objective, with separate lower and upper clip ranges ("clip-higher", DAPO).
 
     logps, old_logps: [B, T]; advantages: [B] (one per sequence, GRPO) or [B, T] (per token, PPO) ->
     ``(per_token_loss [B, T], is_clipped [B, T] bool)``.
 
-        ratio = exp(logp - old_logp)
+        ratio = exp(logp - old_logp)          (level "sequence": exp(mean over the row's valid tokens), GSPO)
         loss  = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)
 
     ``is_clipped`` marks the tokens where the clipped term is the smaller one, i.e. where clipping took the
     gradient away: ratio above 1 + clip_high with A > 0, or below 1 - clip_low with A < 0. A ratio outside the
-    range on the other side of 1 keeps its gradient (the min picks the unclipped term) and is not counted.
+    range on the other side of 1 keeps its gradient (the min picks the unclipped term) and is not counted. At the
+    sequence level the one ratio of a row, and so its clipping, holds for every token of it (``mask`` [B, T], the
+    valid tokens, is then required; see :func:`log_importance_ratio`).
     """
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)
-    ratio = torch.exp(logps - old_logps)
+    ratio = torch.exp(log_importance_ratio(logps, old_logps, mask, level))
     clipped_ratio = ratio.clamp(1 - clip_low, 1 + clip_high)
     per_token_loss = -torch.minimum(ratio * advantages, clipped_ratio * advantages)
     is_clipped = ((ratio > 1 + clip_high) & (advantages > 0)) | ((ratio < 1 - clip_low) & (advantages < 0))
-    return per_token_loss, is_clipped
+    # A [B, 1] sequence ratio against [B] advantages gives [B, 1]: spread it over the row's tokens.
+    return per_token_loss.expand_as(logps), is_clipped.expand_as(logps)
 
 
 def count_units(mask: torch.Tensor, mode: Aggregation) -> torch.Tensor:
@@ -114,21 +144,33 @@ def grpo_loss(
     kl_beta: float = 0.0,
     aggregation: Aggregation = "token",
     max_tokens: int | None = None,
+    ratio_level: RatioLevel = "token",
 ) -> LossOutput:
-    """GRPO: the clipped surrogate on group advantages, plus an optional k3 KL penalty to a reference model.
+    """GRPO: the clipped surrogate on the advantages, plus an optional k3 KL penalty to a reference model.
 
     logps, old_logps, mask, ref_logps: [B, T] over completion tokens; advantages: [B] or [B, T] -> a
     :class:`~tunekit.losses.LossOutput` reduced by :func:`aggregate` with ``aggregation`` and ``max_tokens``.
 
-    Per token: ``clipped surrogate + kl_beta * k3_kl(logps, ref_logps)``. Metrics (detached scalars, means over
-    this batch's valid tokens): "clip_fraction" (tokens whose gradient the clip removed), "ratio_mean", and "kl"
+    Per token: ``clipped surrogate + kl_beta * k3_kl(logps, ref_logps)``, the ratio per token or, with
+    ``ratio_level="sequence"``, one per completion (GSPO). Metrics (detached scalars): "clip_fraction" (the share
+    of units whose gradient the clip removed) and "ratio_mean", over this batch's valid tokens at the token level
+    and over its B completions at the sequence level (as TRL logs them); and "kl", the mean over valid tokens,
     whenever ``ref_logps`` is given (even with kl_beta = 0, so the drift can be watched without penalising it).
     """
-    per_token, is_clipped = clipped_surrogate(logps, old_logps, advantages, clip_low, clip_high)
-    metrics = {
-        "clip_fraction": masked_mean(is_clipped.float(), mask).detach(),
-        "ratio_mean": masked_mean(torch.exp(logps - old_logps), mask).detach(),
-    }
+    per_token, is_clipped = clipped_surrogate(
+        logps, old_logps, advantages, clip_low, clip_high, mask=mask, level=ratio_level
+    )
+    if ratio_level == "sequence":
+        ratio = torch.exp(log_importance_ratio(logps, old_logps, mask, "sequence"))
+        # With one advantage per completion the clipping is one decision per completion; with per-token advantages
+        # (REINFORCE++) it can differ along a row, so it is counted per token.
+        clipped = is_clipped[:, 0].float().mean() if advantages.dim() == 1 else masked_mean(is_clipped.float(), mask)
+        metrics = {"clip_fraction": clipped.detach(), "ratio_mean": ratio.mean().detach()}
+    else:
+        metrics = {
+            "clip_fraction": masked_mean(is_clipped.float(), mask).detach(),
+            "ratio_mean": masked_mean(torch.exp(logps - old_logps), mask).detach(),
+        }
     if ref_logps is not None:
         kl = k3_kl(logps, ref_logps)
         metrics["kl"] = masked_mean(kl, mask).detach()
