@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunekit.data.formats import assistant_text, chat_messages, render_chat, required_column
+from tunekit.data.mixing import load_mixture
 from tunekit.data.sft import TRUNCATION_WARNING_SHARE
 from tunekit.data.sources import Rows, SourceConfig, empty_row, require_prompt_template, train_eval_rows
 from tunekit.data.synthetic import Generator
@@ -243,6 +244,9 @@ def load_pair_data(
     config: PairDataConfig, tokenizer: Any, seed: int, synthetic: Generator
 ) -> tuple[list[PairExample], list[PairExample], dict[str, PairStats]]:
     """Train and held-out pairs for ``config``; ``synthetic(n, seed)`` makes rows when path is "synthetic"."""
+    if config.sources:
+        mixture = load_mixture(config, seed, synthetic, lambda rows, section: tokenize_pairs(rows, section, tokenizer))
+        return mixture.train, mixture.held_out, mixture.stats()
     train_rows, eval_rows = train_eval_rows(config, seed, synthetic)
     train, train_stats = tokenize_pairs(train_rows, config, tokenizer)
     stats = {"train": train_stats}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from tunekit.data import synthetic
 from tunekit.data.formats import chat_messages, render_chat, required_column
+from tunekit.data.mixing import HeldOut, load_mixture
 from tunekit.data.sources import Rows, SourceConfig, empty_row, require_prompt_template, train_eval_rows
 from tunekit.errors import DataError, require
 
@@ -54,17 +55,40 @@ class PromptSet:
     train: list[PromptExample]
     held_out: list[PromptExample]
     empty_dropped: int = 0
+    # With data.sources: what each source gave and how the training prompts were drawn, one line each.
+    lines: list[str] = field(default_factory=list)
 
 
 def load_prompts(config: PromptDataConfig, tokenizer: Any, seed: int) -> PromptSet:
     """Train and held-out prompts; a prompt longer than data.max_prompt_length is an error naming its row, and an
     empty one is dropped or refused per data.empty_rows."""
+    if config.sources:
+        return _mixed_prompts(config, tokenizer, seed)
     train_rows, eval_rows = train_eval_rows(config, seed, synthetic.prompts_with_answers)
     if eval_rows is not None and config.max_eval_examples is not None:
         eval_rows = eval_rows.subset(list(range(min(config.max_eval_examples, len(eval_rows)))))
     train, train_empty = _prompts(train_rows, config, tokenizer)
     held_out, held_out_empty = _prompts(eval_rows, config, tokenizer) if eval_rows else ([], 0)
     return PromptSet(train, held_out, train_empty + held_out_empty)
+
+
+def _mixed_prompts(config: PromptDataConfig, tokenizer: Any, seed: int) -> PromptSet:
+    """:func:`load_prompts` over data.sources; data.max_eval_examples is shared evenly between the sources."""
+    mixture = load_mixture(
+        config, seed, synthetic.prompts_with_answers, lambda rows, section: _prompts(rows, section, tokenizer)
+    )
+    held_out = mixture.held_out
+    if config.max_eval_examples is not None:
+        each = -(-config.max_eval_examples // len(mixture.sources))
+        held_out = HeldOut({name: items[:each] for name, items in held_out.by_source.items()})
+    lines = [
+        f"data ({source.name}): {len(source.train)} prompts, {len(held_out.by_source.get(source.name, []))} held "
+        f"out, {sum(source.stats.values())} dropped as empty"
+        for source in mixture.sources
+    ]
+    lines.append(f"data (mixture): {mixture.summary()}")
+    empty = sum(sum(source.stats.values()) for source in mixture.sources)
+    return PromptSet(mixture.train, held_out, empty, lines)
 
 
 def _prompts(rows: Rows, config: PromptDataConfig, tokenizer: Any) -> tuple[list[PromptExample], int]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tunekit.data.formats import Format, detect_format, empty_part, row_segments
+from tunekit.data.mixing import load_mixture
 from tunekit.data.sources import Rows, SourceConfig, empty_row, require_prompt_template, train_eval_rows
 from tunekit.data.synthetic import Generator
 from tunekit.errors import DataError, require
@@ -26,6 +27,12 @@ class DataConfig(SourceConfig):
     # messages rows: a list of {role, content} messages rendered with the chat template; the loss is taken on the
     # assistant turns.
     messages_column: str = "messages"
+    # messages rows: the column with the tools a row's chat shows the template (a list of JSON schemas); the assistant's
+    # tool calls are trained on, the tool turns are not (docs/tools.md).
+    tools_column: str = "tools"
+    # Tools (built-in names, file.py:function or pkg.module:function) whose schemas every chat row without a tools
+    # column of its own shows the chat template.
+    tools: list[str] = field(default_factory=list)
     # How a string prompt is written before its completion; {prompt} is replaced by the prompt column.
     prompt_template: str = "{prompt}"
     # Longer examples are cut at the end; examples left with no trainable token are dropped and counted.
@@ -84,6 +91,7 @@ def columns_of(config: DataConfig) -> dict[str, str]:
         "prompt": config.prompt_column,
         "completion": config.completion_column,
         "messages": config.messages_column,
+        "tools": config.tools_column,
     }
 
 
@@ -93,10 +101,12 @@ def tokenize_rows(rows: Rows, config: DataConfig, tokenizer: Any) -> tuple[list[
         raise DataError(f"{rows.source} holds no rows")
     columns = columns_of(config)
     fmt: Format = detect_format(rows.rows[0], columns, rows.where(0)) if config.format == "auto" else config.format
+    tools = tool_schemas(config.tools)
     stats = TokenizeStats(rows=len(rows))
     examples = []
     for i, row in enumerate(rows.rows):
-        segments, add_bos = row_segments(row, fmt, columns, tokenizer, rows.where(i), config.prompt_template)
+        where = rows.where(i)
+        segments, add_bos = row_segments(row, fmt, columns, tokenizer, where, config.prompt_template, tools)
         empty = empty_part(row, fmt, columns)
         if empty is not None:
             empty_row(rows, i, empty, config.empty_rows)
@@ -127,6 +137,15 @@ def tokenize_rows(rows: Rows, config: DataConfig, tokenizer: Any) -> tuple[list[
     return examples, stats
 
 
+def tool_schemas(names: list[str]) -> list[dict[str, Any]] | None:
+    """The JSON schemas of the tools ``names`` (data.tools), or None for none."""
+    if not names:
+        return None
+    from tunekit.tools.registry import schemas_for
+
+    return schemas_for(names)
+
+
 def tokenize_segments(
     segments: list[tuple[str, bool]], tokenizer: Any, add_bos: bool, train_on_prompt: bool = False
 ) -> tuple[list[int], list[int]]:
@@ -151,6 +170,9 @@ def load_sft_data(
     synthetic: Generator,
 ) -> tuple[list[Example], list[Example], dict[str, TokenizeStats]]:
     """Train and eval examples for ``config``; ``synthetic(n, seed)`` makes rows when path is "synthetic"."""
+    if config.sources:
+        mixture = load_mixture(config, seed, synthetic, lambda rows, section: tokenize_rows(rows, section, tokenizer))
+        return mixture.train, mixture.held_out, mixture.stats()
     train_rows, eval_rows = train_eval_rows(config, seed, synthetic)
     train, train_stats = tokenize_rows(train_rows, config, tokenizer)
     stats = {"train": train_stats}

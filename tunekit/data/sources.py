@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tunekit.data.mixture import DataSource, MixtureConfig, check_sources
 from tunekit.data.synthetic import Generator
-from tunekit.errors import DataError, require
+from tunekit.errors import ConfigError, DataError, require
 
 _TABULAR = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".arrow": "arrow"}
 
@@ -162,6 +163,11 @@ class SourceConfig:
     # assistant turn, a text, an RL prompt): drop them and count them in the data summary, or stop with an error
     # naming the first. Such rows are usually an export fault, and trained on they teach the model to say nothing.
     empty_rows: Literal["drop", "error"] = "drop"
+    # Several sources mixed by weight (docs/data-mixtures.md), each {name, path, weight, split, max_examples,
+    # eval_path, eval_split} plus its own format keys (columns, template); [] (the default): path is the one source.
+    sources: list[DataSource] = field(default_factory=list)
+    # How data.sources are drawn into one training set: by weight with a temperature, with or without replacement.
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
 
     def __post_init__(self) -> None:
         require(bool(self.path.strip()), "path", 'is empty; give a data file, dataset directory, hub id or "synthetic"')
@@ -173,6 +179,7 @@ class SourceConfig:
             "max_examples",
             f"must be at least 1 (or null for all), got {self.max_examples}",
         )
+        check_sources(self.sources, self)
 
 
 def empty_row(rows: Rows, i: int, what: str, policy: str) -> None:
@@ -190,6 +197,9 @@ def require_prompt_template(template: str) -> None:
 
 def train_eval_rows(config: SourceConfig, seed: int, synthetic: Generator) -> tuple[Rows, Rows | None]:
     """Training rows and held-out rows (or None) for ``config``; ``synthetic(n, seed, split)`` makes generated rows."""
+    if config.sources:
+        # The loaders read a mixture through tunekit.data.mixing; a caller that reads rows itself takes one source.
+        raise ConfigError("data.sources: this command reads a single source; give data.path instead")
     if config.path == "synthetic":
         n_eval = max(1, int(config.synthetic_size * config.eval_fraction)) if config.eval_fraction > 0 else 0
         train = Rows("synthetic", synthetic(config.synthetic_size, seed, "train"))

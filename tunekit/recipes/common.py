@@ -230,6 +230,8 @@ def load_rl_inputs(config: Any, tokenizer: Any, rewards: list, output_dir: Path,
     prompts, held_out = read.train, read.held_out
     check_reward_rows(rewards, [*prompts, *held_out])
     task = load_task_metric(config.task_metric, held_out)
+    for line in read.lines:  # one per source of a mixture, and the draw
+        say(line)
     summary = (
         f"data: {len(prompts)} prompts, {len(held_out)} held out, {read.empty_dropped} dropped as empty; "
         f"{config.sampling.num_generations} completions each; task metric: {task.name if task else 'none'}"

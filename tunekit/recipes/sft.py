@@ -16,6 +16,7 @@ import torch
 
 from tunekit.data import synthetic
 from tunekit.data.collate import collate_examples, collate_packed, collate_padding_free, model_inputs
+from tunekit.data.mixing import source_losses
 from tunekit.data.packing import pack_examples
 from tunekit.data.sft import DataConfig, load_sft_data
 from tunekit.errors import require
@@ -105,6 +106,8 @@ def run(
     if paths.uses("padding-free"):
         # Same examples per batch, same loss; no padding, and each example's attention stays its own.
         collate = collate_padding_free
+    step = partial(sft_step, router_aux_loss_coef=aux_coef)
+    micro = config.train.micro_batch_size
     spec = run_spec(
         config,
         output_dir,
@@ -113,9 +116,11 @@ def run(
         items=items,
         collate=collate,
         eval_items=eval_items,
+        # A mixture's held-out loss per source, eval/<source>/loss, beside the overall eval/loss.
+        evaluate=source_losses(eval_examples, partial(collate_examples, pad_id=pad), step, micro),
         save_final=final_saver(tokenizer),
     )
-    result = train(spec, model, partial(sft_step, router_aux_loss_coef=aux_coef))
+    result = train(spec, model, step)
     say(f"done: {result.step} steps; run directory {output_dir}")
     return result
 
