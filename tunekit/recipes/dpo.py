@@ -24,6 +24,7 @@ import torch
 
 from tunekit.data import synthetic
 from tunekit.data.collate import collate_pairs
+from tunekit.data.mixing import source_losses
 from tunekit.data.pairs import PairDataConfig, PairExample, load_pair_data
 from tunekit.data.prompts import collate_prompts
 from tunekit.errors import require
@@ -173,6 +174,9 @@ def _pair_fields(
     """The RunSpec fields of offline DPO: the pairs, their collate, and a reference precomputed at the start."""
     collate = partial(collate_pairs, pad_id=tokenizer.pad_token_id, pad_to_multiple_of=config.train.pad_to_multiple_of)
     fields: dict[str, Any] = {"items": pairs, "collate": collate, "eval_items": eval_pairs}
+    # A mixture's held-out pairs per source too: eval/<source>/loss, eval/<source>/rewards/accuracy...
+    step = partial(dpo_step, loss_config=config.loss, reference=reference)
+    fields["evaluate"] = source_losses(eval_pairs, collate, step, config.train.micro_batch_size)
     if config.reference == "precompute" and reference is not None:
         # Once the runner has placed the model on its device, under the run's precision: the reference log-probs
         # are then computed as the policy's are at each step.

@@ -17,6 +17,7 @@ import torch
 
 from tunekit.data import synthetic
 from tunekit.data.collate import collate_pairs
+from tunekit.data.mixing import by_source_metrics
 from tunekit.data.pairs import PairDataConfig, PairExample, load_pair_data
 from tunekit.losses.reward import bradley_terry_loss
 from tunekit.models.adapters import apply_adapter, check_adapter_use, trained_summary
@@ -102,9 +103,9 @@ def run(config: RewardConfig) -> RunResult:
     say(f"model: {config.model.path} + score head, {trained_summary(model)}")
     center = config.loss.center_coef
 
-    def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        scores = pair_scores(model, eval_pairs, collate, config.train.micro_batch_size)
-        return pairwise_metrics(scores, torch.tensor([p.margin for p in eval_pairs]), center)
+    def evaluate(model: torch.nn.Module, pairs: list[PairExample]) -> dict[str, float]:
+        scores = pair_scores(model, pairs, collate, config.train.micro_batch_size)
+        return pairwise_metrics(scores, torch.tensor([p.margin for p in pairs]), center)
 
     spec = run_spec(
         config,
@@ -113,7 +114,8 @@ def run(config: RewardConfig) -> RunResult:
         card=RecipeCard("reward", __doc__ or "reward", data_lines),
         items=pairs,
         collate=collate,
-        evaluate=evaluate if eval_pairs else None,
+        # A mixture's pairs are also scored per source: eval/<source>/accuracy beside eval/accuracy.
+        evaluate=by_source_metrics(evaluate, eval_pairs) if eval_pairs else None,
         save_final=final_saver(tokenizer),
     )
     result = train(spec, model, partial(reward_step, center_coef=center))
