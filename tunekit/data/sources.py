@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunekit.data.mixture import DataSource, MixtureConfig, check_sources
-from tunekit.data.synthetic import Generator
+from tunekit.data.synthetic import Generator, generator_for, is_synthetic
 from tunekit.errors import ConfigError, DataError, require
 
 _TABULAR = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".arrow": "arrow"}
@@ -200,7 +200,8 @@ def train_eval_rows(config: SourceConfig, seed: int, synthetic: Generator) -> tu
     if config.sources:
         # The loaders read a mixture through tunekit.data.mixing; a caller that reads rows itself takes one source.
         raise ConfigError("data.sources: this command reads a single source; give data.path instead")
-    if config.path == "synthetic":
+    if is_synthetic(config.path):
+        synthetic = generator_for(config.path, synthetic)  # "synthetic:<task>": another generated task
         n_eval = max(1, int(config.synthetic_size * config.eval_fraction)) if config.eval_fraction > 0 else 0
         train = Rows("synthetic", synthetic(config.synthetic_size, seed, "train"))
         # Held-out rows come from the reserved part of the problem space, which no generated training set holds.

@@ -116,3 +116,89 @@ def text_corpus(n: int, seed: int = 0, split: Split = "train") -> list[dict[str,
             )
         rows.append({"text": " ".join(sentences)})
     return rows
+
+
+# ------------------------------------------------------------------------------ arithmetic too big to do unaided
+# Four-digit sums and differences and two-digit products: beyond what the embedded tiny model computes in its head,
+# within reach of copying the numbers into a calculator call and its answer into the reply (docs/tools.md).
+BIG_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def _big_problems(rng: random.Random, split: Split) -> Iterator[tuple[str, str, int]]:
+    """Endless (question, expression, answer) of ``split`` (held-out questions reserved as in :func:`_problems`)."""
+    while True:
+        op = rng.choice(list(BIG_OPS))
+        high = 99 if op == "*" else 9999
+        a, b = rng.randint(10 if op == "*" else 1000, high), rng.randint(10 if op == "*" else 1000, high)
+        if op == "-" and b > a:
+            a, b = b, a
+        question = f"What is {a} {op} {b}?"
+        if split == "all" or is_held_out(question) == (split == "held_out"):
+            yield question, f"{a} {op} {b}", BIG_OPS[op](a, b)
+
+
+def big_arithmetic_answers(n: int, seed: int = 0, split: Split = "train") -> list[dict[str, Any]]:
+    """``n`` chat rows answering directly: ``{"messages": [user, assistant "#### 8778"]}``."""
+    problems = _big_problems(random.Random(seed), split)
+    rows = []
+    for _ in range(n):
+        question, _, answer = next(problems)
+        rows.append(
+            {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": f"#### {answer}"}]}
+        )
+    return rows
+
+
+def big_arithmetic_tool_transcripts(n: int, seed: int = 0, split: Split = "train") -> list[dict[str, Any]]:
+    """``n`` chat rows that call the calculator, read its answer and reply: user, assistant tool call, tool, assistant.
+    The tool's schema is the config's to give (data.tools: [calculator])."""
+    problems = _big_problems(random.Random(seed), split)
+    rows = []
+    for _ in range(n):
+        question, expression, answer = next(problems)
+        call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": expression}}}
+        messages = [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "name": "calculator", "content": str(answer)},
+            {"role": "assistant", "content": f"#### {answer}"},
+        ]
+        rows.append({"messages": messages})
+    return rows
+
+
+def big_arithmetic_prompts(n: int, seed: int = 0, split: Split = "train") -> list[dict[str, Any]]:
+    """``n`` RL rows ``{"prompt": [user message], "answer"}`` of the same problems."""
+    problems = _big_problems(random.Random(seed), split)
+    return [
+        {"prompt": [{"role": "user", "content": q}], "answer": str(r)} for q, _, r in (next(problems) for _ in range(n))
+    ]
+
+
+# data.path "synthetic:<task>": a generated task other than the recipe's default, by the kind of rows the recipe reads.
+SYNTHETIC_TASKS: dict[str, dict[str, Generator]] = {
+    "big-arithmetic": {"sft": big_arithmetic_answers, "prompts": big_arithmetic_prompts},
+    "big-arithmetic-tools": {"sft": big_arithmetic_tool_transcripts, "prompts": big_arithmetic_prompts},
+}
+
+
+def is_synthetic(path: str) -> bool:
+    return path == "synthetic" or path.startswith("synthetic:")
+
+
+def generator_for(path: str, default: Generator) -> Generator:
+    """The generator data.path names: ``default`` (the recipe's own) for "synthetic", or the task's rows of the same
+    kind for "synthetic:<task>"; an error naming the tasks otherwise."""
+    from tunekit.errors import ConfigError
+
+    if path == "synthetic":
+        return default
+    name = path.partition(":")[2]
+    if name not in SYNTHETIC_TASKS:
+        raise ConfigError(f"data.path {path!r}: no generated task {name!r}; known: {', '.join(SYNTHETIC_TASKS)}")
+    kind = {sft_examples: "sft", prompts_with_answers: "prompts"}.get(default)  # type: ignore[arg-type]
+    if kind not in SYNTHETIC_TASKS[name]:
+        raise ConfigError(
+            f"data.path {path!r}: the task has no rows for this recipe (it has: {', '.join(SYNTHETIC_TASKS[name])})"
+        )
+    return SYNTHETIC_TASKS[name][kind]
