@@ -45,7 +45,13 @@ class NearDuplicates:
                 "near_duplicates.enabled=false)"
             ) from None
         self._minhash = MinHash
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        try:
+            self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        except ValueError as err:  # no band layout of num_perm reaches the threshold
+            raise ConfigError(
+                f"near_duplicates.threshold={threshold} with num_perm={num_perm}: {err}; raise num_perm or lower the "
+                "threshold"
+            ) from None
         self.threshold = threshold
         self.num_perm = num_perm
         self.shingle = shingle
