@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tunekit.errors import USER_ERROR_EXIT_CODE, exit_on_user_error
-from tunekit.recipes import constitution, dpo, eval, grpo, label, ppo, pretrain, reward, sft
+from tunekit.recipes import constitution, dpo, eval, grpo, kto, label, ppo, pretrain, reward, sft
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 BEGIN = "<!-- bad-input table: written by python tests/test_bad_input_table.py --write -->"
@@ -37,6 +37,7 @@ RECIPES = {
     "eval": (eval, {"prompt": "a", "completion": "b"}, "completion", ["tasks=[exact_match, perplexity]"]),
     "label": (label, {"prompt": "a", "answer": "1"}, "prompt", ["model.path=tiny-llama"]),
     "constitution": (constitution, {"prompt": "a"}, "prompt", ["model.path=tiny-llama"]),
+    "kto": (kto, {"prompt": "a", "completion": "b", "label": True}, "completion", []),
 }
 
 
@@ -214,6 +215,22 @@ ONE_OFF = [
         ),
     ),
     Case("ppo", "PPO with no reward at all", ("rewards=[]",), "rewards is empty and reward_model is unset"),
+    # KTO's labels and batches.
+    Case(
+        "kto",
+        "a row without a label",
+        ("data.path={tmp}/d.jsonl", "data.eval_fraction=0"),
+        "d.jsonl line 2: missing column 'label'",
+        _jsonl(lambda g, c: [json.dumps(g), json.dumps({"prompt": "a", "completion": "b"})], "kto"),
+    ),
+    Case(
+        "kto",
+        "a label that is not true or false",
+        ("data.path={tmp}/d.jsonl", "data.eval_fraction=0"),
+        "d.jsonl line 2: column 'label' must be true or false, got 'yes'",
+        _jsonl(lambda g, c: [json.dumps(g), _with(g, "label", "yes")], "kto"),
+    ),
+    Case("kto", "train.micro_batch_size=1", ("train.micro_batch_size=1",), "must be at least 2 for KTO"),
     # Trackers and judges.
     Case("sft", "train.report_to names no tracker", ("train.report_to=tensorbored",), "did you mean 'tensorboard'"),
     Case("dpo", "a tracker whose package is missing", ("train.report_to=comet_ml",), 'pip install "tunekit[comet-ml]"'),

@@ -8,6 +8,7 @@ from tunekit.config import load_config
 from tunekit.recipes.dpo import DPOConfig
 from tunekit.recipes.eval import EvalConfig
 from tunekit.recipes.grpo import GRPOConfig
+from tunekit.recipes.kto import KTOConfig
 from tunekit.recipes.pretrain import PretrainConfig
 from tunekit.recipes.reward import RewardConfig
 from tunekit.recipes.sft import SFTConfig
@@ -18,6 +19,7 @@ SCHEMAS = {
     "pretrain": PretrainConfig,
     "reward": RewardConfig,
     "dpo": DPOConfig,
+    "kto": KTOConfig,
     "grpo": GRPOConfig,
     "eval": EvalConfig,
 }

@@ -168,13 +168,14 @@ def rows(config: Any, prefix: str = "") -> list[Row]:
 
 def recipes() -> dict[str, tuple[type, str, str]]:
     """Recipe name -> (its config class, the docs page or page#section that explains it, that link's text)."""
-    from tunekit.recipes import constitution, dpo, eval, export, grpo, label, ppo, pretrain, reward, sft
+    from tunekit.recipes import constitution, dpo, eval, export, grpo, kto, label, ppo, pretrain, reward, sft
 
     return {
         "sft": (sft.SFTConfig, "sft.md", "sft.md"),
         "pretrain": (pretrain.PretrainConfig, "sft.md#continued-pre-training", "sft.md: continued pre-training"),
         "reward": (reward.RewardConfig, "reward.md", "reward.md"),
         "dpo": (dpo.DPOConfig, "dpo.md", "dpo.md"),
+        "kto": (kto.KTOConfig, "kto.md", "kto.md"),
         "grpo": (grpo.GRPOConfig, "grpo.md", "grpo.md"),
         "ppo": (ppo.PPOConfig, "ppo.md", "ppo.md"),
         "eval": (eval.EvalConfig, "eval.md", "eval.md"),

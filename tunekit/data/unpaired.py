@@ -40,9 +40,10 @@ class UnpairedDataConfig(SourceConfig):
     label_column: str = "label"
     # A whole conversation whose last message is the judged assistant turn (instead of prompt + completion).
     messages_column: str = "messages"
-    # Rows with these two columns and no label are preference pairs, read as two examples: chosen -> true,
-    # rejected -> false.
+    # Rows with this column and rejected_column, and no label, are preference pairs, read as two examples: chosen ->
+    # true, rejected -> false.
     chosen_column: str = "chosen"
+    # The dispreferred response of such a pair, read as an undesirable example.
     rejected_column: str = "rejected"
     # Where an implicit prompt ends, for pairs without a prompt column (see the dpo recipe's data section).
     prompt_delimiter: str = "\n\nAssistant:"
@@ -161,7 +162,7 @@ def tokenize_unpaired(
         stats.from_pairs += len(completions) == 2
         blank = [column for text, _, column in completions if not text.removesuffix(eos).strip()]
         if blank:
-            empty_row(rows, i, f"the {' and '.join(repr(c) for c in blank)} completion", config.empty_rows)
+            empty_row(rows, i, f"the completion in column {blank[0]!r}", config.empty_rows)
             stats.empty_dropped += 1
             continue
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
