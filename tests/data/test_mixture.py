@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from tunekit.config import load_config
 from tunekit.data import synthetic
-from tunekit.data.mixture import draw, quotas, shares
+from tunekit.data.mixture import EpochDraws, draw, quotas, shares
 from tunekit.data.pairs import PairDataConfig, load_pair_data
 from tunekit.data.prompts import PromptDataConfig, load_prompts
 from tunekit.data.sft import load_sft_data
@@ -53,6 +53,22 @@ def test_without_replacement_takes_distinct_examples_then_repeats_them_evenly():
     assert sorted(second.values()) == [2, 2, 2, 2]  # 8 drawn of 4: each twice
     assert picked == draw([10, 4], [0.5, 0.5], 16, replacement=False, seed=3)
     assert picked != draw([10, 4], [0.5, 0.5], 16, replacement=False, seed=4)
+
+
+def test_each_epoch_draws_afresh_and_sees_every_example_before_repeating_one():
+    pools = [[f"a{i}" for i in range(10)], [f"b{i}" for i in range(4)]]
+    items = EpochDraws(pools, [0.5, 0.5], 6, replacement=False, seed=0)
+    epochs = [items.for_epoch(e) for e in range(6)]
+    assert list(items) == epochs[0] and len(items) == 6 and items[:2] == epochs[0][:2]
+    assert epochs[1] != epochs[0] and items.drawn(1) == [3, 3]
+    a_seen = [x for epoch in epochs for x in epoch if x.startswith("a")]
+    assert sorted(a_seen[:9]) == sorted(set(a_seen[:9])) and set(a_seen[:12]) == set(pools[0])
+    b_seen = [x for epoch in epochs for x in epoch if x.startswith("b")]
+    assert all(sorted(b_seen[k : k + 4]) == sorted(pools[1]) for k in range(0, 16, 4))  # every pass covers all
+    assert epochs == [EpochDraws(pools, [0.5, 0.5], 6, False, 0).for_epoch(e) for e in range(6)]
+    loose = EpochDraws(pools, [0.5, 0.5], 6, replacement=True, seed=0)
+    assert loose.for_epoch(0) != loose.for_epoch(1)
+    assert items.pool == pools[0] + pools[1]
 
 
 def test_gsm8k_and_generated_data_are_drawn_in_the_configured_proportions(shared_data, tokenizer):
@@ -150,7 +166,7 @@ def test_a_mixture_run_logs_held_out_loss_per_source_and_resumes_exactly(tmp_pat
         "data.synthetic_size=60",
         "data.max_length=192",
         "data.eval_fraction=0.1",
-        "data.mixture.size=32",
+        "data.mixture.size=8",  # 2 steps an epoch: the resumed run starts epoch 1, with its own draw
         "max_steps=4",
         "train.micro_batch_size=4",
         "train.save_every=2",

@@ -4,7 +4,8 @@ The SFT, pair and prompt loaders each turn rows into items with their own ``toke
 ``data.sources`` they call :func:`load_mixture` with it instead of reading ``data.path``. Each source is read and
 tokenized with the data section as that source sets it (its own path, columns and template), so sft, pretrain,
 reward, dpo, grpo and ppo all take mixtures with no code of their own. Errors inside a source are re-raised with
-the source named in front of the file and row. The training items are drawn by :func:`tunekit.data.mixture.draw`;
+the source named in front of the file and row. The training items are an :class:`~tunekit.data.mixture.EpochDraws`,
+drawn afresh each epoch by :func:`tunekit.data.mixture.draw`;
 the held-out items of every source are kept whole, together (for eval/loss) and per source (for
 eval/<source>/loss, see :func:`source_losses`).
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from tunekit.data.mixture import draw, shares
+from tunekit.data.mixture import EpochDraws, shares
 from tunekit.data.sources import SourceConfig, train_eval_rows
 from tunekit.data.synthetic import Generator
 from tunekit.errors import ConfigError, DataError, InvalidValue
@@ -50,9 +51,9 @@ class Mixture:
     """Every source's items, and the training draw."""
 
     sources: list[SourceData]
-    train: list[Any]
+    train: EpochDraws
     held_out: HeldOut
-    drawn: list[int]  # training items drawn from each source
+    drawn: list[int]  # training items drawn from each source in epoch 0
     fractions: list[float]  # each source's share of the draw
     description: str = ""  # how the draw was made (temperature, replacement)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -115,13 +116,11 @@ def load_mixture(config: SourceConfig, seed: int, synthetic: Generator, tokenize
     masses = [s.weight if s.weight is not None else float(n) for s, n in zip(config.sources, sizes, strict=True)]
     fractions = shares(masses, config.mixture.temperature)
     size = config.mixture.size if config.mixture.size is not None else sum(sizes)
-    picked = draw(sizes, fractions, size, config.mixture.replacement, seed)
-    train = [loaded[s].train[i] for s, i in picked]
-    drawn = [sum(1 for s, _ in picked if s == k) for k in range(len(loaded))]
+    train = EpochDraws([source.train for source in loaded], fractions, size, config.mixture.replacement, seed)
     how = "with" if config.mixture.replacement else "without"
-    description = f"(temperature {config.mixture.temperature:g}, {how} replacement)"
+    description = f"afresh each epoch (temperature {config.mixture.temperature:g}, {how} replacement); epoch 0"
     held_out = HeldOut({source.name: source.held_out for source in loaded if source.held_out})
-    return Mixture(loaded, train, held_out, drawn, fractions, description)
+    return Mixture(loaded, train, held_out, train.drawn(0), fractions, description)
 
 
 def _load_source(k: int, config: SourceConfig, seed: int, synthetic: Generator, tokenize: Tokenize) -> SourceData:

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 from tunekit.errors import InvalidValue, require
 
 # A source's own keys that are not format keys: where its rows come from and how much of it to use.
+T = TypeVar("T")
+
 SOURCE_KEYS = ("name", "path", "weight", "split", "max_examples", "eval_path", "eval_split")
 
 
@@ -170,24 +173,76 @@ def quotas(size: int, fractions: list[float]) -> list[int]:
     return counts
 
 
-def draw(sizes: list[int], fractions: list[float], size: int, replacement: bool, seed: int) -> list[tuple[int, int]]:
-    """``size`` draws ``(source, example index)`` from sources of ``sizes`` examples, by ``fractions``.
+def draw(
+    sizes: list[int], fractions: list[float], size: int, replacement: bool, seed: int, epoch: int = 0
+) -> list[tuple[int, int]]:
+    """Epoch ``epoch``'s ``size`` draws ``(source, example index)`` from sources of ``sizes`` examples, by
+    ``fractions``; a function of the arguments alone. The order is by source (the runner shuffles each epoch).
 
-    Deterministic in ``seed``; the order is by source (the runner shuffles each epoch).
+    Without replacement, source ``s`` walks through a stream of seeded permutations of its examples, ``quota`` at a
+    time: epoch ``e`` takes positions ``[e * quota, (e + 1) * quota)``, so every example is seen before any is seen
+    again, within an epoch and across epochs.
     """
     picked: list[tuple[int, int]] = []
     if replacement:
-        rng = random.Random(f"tunekit-mixture/{seed}")
+        rng = random.Random(f"tunekit-mixture/{seed}/epoch-{epoch}")
         for s in rng.choices(range(len(sizes)), weights=fractions, k=size):
             picked.append((s, rng.randrange(sizes[s])))
         return sorted(picked)
     for s, quota in enumerate(quotas(size, fractions)):
-        rng = random.Random(f"tunekit-mixture/{seed}/{s}")
-        taken = 0
-        while taken < quota:
-            # One fresh permutation per pass over the source: repeats are spread evenly over its examples.
-            order = list(range(sizes[s]))
-            rng.shuffle(order)
-            picked.extend((s, i) for i in order[: quota - taken])
-            taken += min(sizes[s], quota - taken)
+        n = sizes[s]
+        begin, end = epoch * quota, (epoch + 1) * quota
+        for p in range(begin // n, -(-end // n)):
+            order = list(range(n))
+            random.Random(f"tunekit-mixture/{seed}/{s}/pass-{p}").shuffle(order)
+            picked.extend((s, order[j - p * n]) for j in range(max(begin, p * n), min(end, (p + 1) * n)))
     return picked
+
+
+class EpochDraws(Sequence[T]):
+    """A mixture's training items: ``size`` of them, drawn afresh each epoch from ``pools`` (one list of items per
+    source). The runner asks for epoch ``e``'s with :meth:`for_epoch`; indexing it directly (packing, a summary)
+    gives epoch 0's."""
+
+    def __init__(self, pools: list[list[T]], fractions: list[float], size: int, replacement: bool, seed: int) -> None:
+        self.pools = pools
+        self.fractions = fractions
+        self.size = size
+        self.replacement = replacement
+        self.seed = seed
+        self.first = self._items(0)
+        self._cached: tuple[int, list[T]] = (0, self.first)
+
+    def _items(self, epoch: int) -> list[T]:
+        sizes = [len(pool) for pool in self.pools]
+        picked = draw(sizes, self.fractions, self.size, self.replacement, self.seed, epoch)
+        return [self.pools[s][i] for s, i in picked]
+
+    def for_epoch(self, epoch: int) -> list[T]:
+        """The items of epoch ``epoch`` (0-based)."""
+        if self._cached[0] != epoch:
+            self._cached = (epoch, self._items(epoch))
+        return self._cached[1]
+
+    def drawn(self, epoch: int = 0) -> list[int]:
+        """Items drawn from each source in epoch ``epoch``."""
+        items = self.for_epoch(epoch)
+        ids = [{id(item) for item in pool} for pool in self.pools]
+        return [sum(1 for item in items if id(item) in pool_ids) for pool_ids in ids]
+
+    @property
+    def pool(self) -> list[T]:
+        """Every source's items, each once: what work done once per item (reference log-probs) covers."""
+        return [item for pool in self.pools for item in pool]
+
+    def __len__(self) -> int:
+        return self.size
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        return self.first[i]

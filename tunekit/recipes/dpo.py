@@ -185,7 +185,8 @@ def _pair_fields(
             precompute_reference,
             output_dir,
             reference=reference,
-            splits={"train": pairs, "eval": eval_pairs},
+            # A mixture's pairs: every source's, since each epoch draws its own (data/mixture.py).
+            splits={"train": getattr(pairs, "pool", pairs), "eval": eval_pairs},
             collate=collate,
             batch_size=config.train.micro_batch_size,
             settings=settings,

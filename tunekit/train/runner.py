@@ -165,11 +165,13 @@ def _train(spec: RunSpec, model: torch.nn.Module, step_fn: StepFn) -> RunResult:
         """The micro-batches this process trains on at optimizer step ``step`` (0-based)."""
         epoch, within = divmod(step // spec.passes_per_batch, data_steps_per_epoch)
         order = torch.randperm(len(spec.items), generator=torch.Generator().manual_seed(spec.seed + epoch)).tolist()
+        # A data mixture draws its items afresh each epoch, from the seed and the epoch alone (data/mixture.py).
+        items = spec.items.for_epoch(epoch) if hasattr(spec.items, "for_epoch") else spec.items
         batches = []
         for k in range(cfg.grad_accum_steps):
             start = (within * cfg.grad_accum_steps + k) * cfg.micro_batch_size * world
             mine = order[start + accelerator.process_index * cfg.micro_batch_size :][: cfg.micro_batch_size]
-            batches.append(to_device(spec.collate([spec.items[i] for i in mine]), accelerator.device))
+            batches.append(to_device(spec.collate([items[i] for i in mine]), accelerator.device))
         return batches
 
     if spec.on_start is not None:
