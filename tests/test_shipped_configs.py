@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 
 from tunekit.config import load_config
+from tunekit.recipes.distill import DistillConfig
 from tunekit.recipes.dpo import DPOConfig
 from tunekit.recipes.eval import EvalConfig
+from tunekit.recipes.generate import GenerateConfig
 from tunekit.recipes.grpo import GRPOConfig
 from tunekit.recipes.kto import KTOConfig
 from tunekit.recipes.pretrain import PretrainConfig
@@ -22,6 +24,8 @@ SCHEMAS = {
     "kto": KTOConfig,
     "grpo": GRPOConfig,
     "eval": EvalConfig,
+    "distill": DistillConfig,
+    "generate": GenerateConfig,
 }
 CONFIGS = sorted(p for name in SCHEMAS for p in (RECIPES / name).glob("*.yaml"))
 

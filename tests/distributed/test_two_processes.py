@@ -32,6 +32,17 @@ CASES = {
         "sample_every=0",
         "sampling.temperature=0",
     ],
+    # A random tiny-llama teacher is teacher enough: the check is that both processes train the same student.
+    "distill": [
+        "teacher.path=tiny-llama",
+        "model.adapter.method=lora",
+        "data.synthetic_size=48",
+        "data.eval_fraction=0.1",
+        "max_eval_prompts=4",
+        "on_policy.fraction=0.5",
+        "on_policy.temperature=0",
+        "on_policy.max_new_tokens=6",
+    ],
 }
 # Plain SGD: equal weights then mean equal gradients (AdamW would amplify float rounding in near-zero gradients).
 COMMON = ["train.progress=false", "max_steps=3", "train.lr=1e-1", "train.eval_every=3", "train.optimizer=sgd"]
@@ -112,6 +123,7 @@ def _assert_two_processes_equal_one(tmp_path, recipe, extra, micro, port, engine
         "dpo": "DPOConfig",
         "grpo": "GRPOConfig",
         "ppo": "PPOConfig",
+        "distill": "DistillConfig",
     }[recipe]
     one = module.run(
         load_config(
@@ -126,7 +138,7 @@ def _assert_two_processes_equal_one(tmp_path, recipe, extra, micro, port, engine
     # Written once, by the main process: one line per logged step, no duplicates.
     assert [r["step"] for r in two] == [r["step"] for r in one.history]
     for a, b in zip(one.history, two, strict=True):
-        for key in ("loss", "eval/loss", "eval/reward", "eval/accuracy"):
+        for key in ("loss", "eval/loss", "eval/reward", "eval/accuracy", "eval/kl", "on_policy"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], abs=1e-5), (key, a["step"])
     w1 = load_file(str(tmp_path / "one" / "final" / "adapter_model.safetensors"))
