@@ -59,16 +59,18 @@ class PromptSet:
     lines: list[str] = field(default_factory=list)
 
 
-def load_prompts(config: PromptDataConfig, tokenizer: Any, seed: int) -> PromptSet:
+def load_prompts(
+    config: PromptDataConfig, tokenizer: Any, seed: int, tools: list[dict[str, Any]] | None = None
+) -> PromptSet:
     """Train and held-out prompts; a prompt longer than data.max_prompt_length is an error naming its row, and an
-    empty one is dropped or refused per data.empty_rows."""
+    empty one is dropped or refused per data.empty_rows. ``tools`` (JSON schemas) reach the chat template."""
     if config.sources:
         return _mixed_prompts(config, tokenizer, seed)
     train_rows, eval_rows = train_eval_rows(config, seed, synthetic.prompts_with_answers)
     if eval_rows is not None and config.max_eval_examples is not None:
         eval_rows = eval_rows.subset(list(range(min(config.max_eval_examples, len(eval_rows)))))
-    train, train_empty = _prompts(train_rows, config, tokenizer)
-    held_out, held_out_empty = _prompts(eval_rows, config, tokenizer) if eval_rows else ([], 0)
+    train, train_empty = _prompts(train_rows, config, tokenizer, tools)
+    held_out, held_out_empty = _prompts(eval_rows, config, tokenizer, tools) if eval_rows else ([], 0)
     return PromptSet(train, held_out, train_empty + held_out_empty)
 
 
@@ -91,7 +93,9 @@ def _mixed_prompts(config: PromptDataConfig, tokenizer: Any, seed: int) -> Promp
     return PromptSet(mixture.train, held_out, empty, lines)
 
 
-def _prompts(rows: Rows, config: PromptDataConfig, tokenizer: Any) -> tuple[list[PromptExample], int]:
+def _prompts(
+    rows: Rows, config: PromptDataConfig, tokenizer: Any, tools: list[dict[str, Any]] | None = None
+) -> tuple[list[PromptExample], int]:
     """The prompts of ``rows`` and the number of empty ones dropped."""
     if len(rows) == 0:
         raise DataError(f"{rows.source} holds no rows")
@@ -101,7 +105,7 @@ def _prompts(rows: Rows, config: PromptDataConfig, tokenizer: Any) -> tuple[list
         where = rows.where(i)
         prompt = required_column(row, config.prompt_column, where)
         text, ids = encode_prompt(
-            prompt, tokenizer, config.prompt_template, config.max_prompt_length, where, config.prompt_column
+            prompt, tokenizer, config.prompt_template, config.max_prompt_length, where, config.prompt_column, tools
         )
         if _blank_prompt(prompt):
             empty_row(rows, i, f"the prompt (column {config.prompt_column!r})", config.empty_rows)
@@ -122,16 +126,28 @@ def _blank_prompt(prompt: str | list[dict[str, str]]) -> bool:
 
 
 def encode_prompt(
-    value: Any, tokenizer: Any, template: str, max_length: int, where: str, column: str = "prompt"
+    value: Any,
+    tokenizer: Any,
+    template: str,
+    max_length: int,
+    where: str,
+    column: str = "prompt",
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[str, list[int]]:
     """A row's prompt as the text a model continues and its token ids.
 
     A string fills ``{prompt}`` in ``template`` and gets the tokenizer's BOS; a list of chat messages is rendered
     with the chat template and its generation prompt (the template places any BOS). More than ``max_length`` ids
-    is an error naming the row, ``where``: the prompt would leave no room for a completion.
+    is an error naming the row, ``where``: the prompt would leave no room for a completion. ``tools`` (JSON
+    schemas) are shown through the chat template, so they need chat prompts.
     """
+    if tools and not isinstance(value, list):
+        raise DataError(
+            f"{where}: tools reach the model through the chat template, so a run with tools needs chat prompts (a "
+            f"list of messages in column {column!r}), not a string"
+        )
     if isinstance(value, list):
-        text = render_chat(chat_messages(value, where, column), tokenizer, add_generation_prompt=True)
+        text = render_chat(chat_messages(value, where, column), tokenizer, add_generation_prompt=True, tools=tools)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     elif isinstance(value, str):
         text = template.replace("{prompt}", value)

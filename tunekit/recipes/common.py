@@ -222,11 +222,18 @@ class RLInputs:
     summary: str = ""  # the data line printed, for the model card
 
 
-def load_rl_inputs(config: Any, tokenizer: Any, rewards: list, output_dir: Path, resume_from: Path | None) -> RLInputs:
+def load_rl_inputs(
+    config: Any,
+    tokenizer: Any,
+    rewards: list,
+    output_dir: Path,
+    resume_from: Path | None,
+    tools: list[dict[str, Any]] | None = None,
+) -> RLInputs:
     """``config`` (an RL recipe's: ``data``, ``sampling``, ``task_metric``, ``sample_every``) -> its prompts, with the
     reward functions' columns checked against them, the task metric and the samples.jsonl log (resumed runs drop
-    the lines past their checkpoint)."""
-    read = load_prompts(config.data, tokenizer, config.seed)
+    the lines past their checkpoint). ``tools``: the JSON schemas the chat prompts show (a run with tools)."""
+    read = load_prompts(config.data, tokenizer, config.seed, tools)
     prompts, held_out = read.train, read.held_out
     check_reward_rows(rewards, [*prompts, *held_out])
     task = load_task_metric(config.task_metric, held_out)

@@ -36,6 +36,8 @@ from tunekit.recipes.common import (
 from tunekit.rl.grpo import GRPOLossConfig, GRPOTrainer
 from tunekit.rl.rewards import RewardSource, load_reward_sources
 from tunekit.rl.rollout import SamplingConfig
+from tunekit.rl.tool_rollout import check_tool_rewards, setup_tool_use
+from tunekit.tools.registry import ToolsConfig
 from tunekit.train.card import RecipeCard
 from tunekit.train.runner import RunResult, train
 from tunekit.train.spec import TrainConfig
@@ -80,6 +82,8 @@ class GRPOConfig(RLRecipeConfig):
     rewards: list[RewardSource] = field(default_factory=_default_rewards)
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
     train: TrainConfig = field(default_factory=_grpo_train)
+    # Tools the policy may call during rollouts (multi-turn, sandboxed; docs/tools.md). tools.use empty: none.
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,7 +105,10 @@ def run(config: GRPOConfig) -> RunResult:
     rewards = load_reward_sources(config.rewards)
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
-    inputs = load_rl_inputs(config, tokenizer, rewards, output_dir, resume_from)
+    generate, tool_schemas = setup_tool_use(config.tools, rewards, config.data, tokenizer)
+    inputs = load_rl_inputs(config, tokenizer, rewards, output_dir, resume_from, tool_schemas)
+    if generate is not None:
+        check_tool_rewards(rewards, inputs.prompts)
     model = build_policy(config.model, reference_adapter=config.loss.kl_beta > 0)
     reference = ReferencePolicy.for_policy(model) if config.loss.kl_beta > 0 else None
     use_fast_paths(model, config, generates=True, reference=reference)
@@ -116,6 +123,7 @@ def run(config: GRPOConfig) -> RunResult:
         rewards=rewards,
         samples=inputs.samples,
         task=inputs.task,
+        generate=generate,
     )
     spec = run_spec(
         config,

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, rollouts_in_batches
+from tunekit.rl.rollout import PromptExample, Rollout, RolloutFn, SamplingConfig, rollouts_in_batches
 from tunekit.train.rng import seeded_rng
 
 # measure(rollout, sampled) -> {name: [N] values, one per completion}; sampled is false for the greedy pass.
@@ -23,10 +23,11 @@ def sampled_and_greedy_means(
     batch_size: int,
     seed: int,
     measure: Measure,
+    generate: RolloutFn | None = None,
 ) -> dict[str, float]:
     """Each measure's mean over every completion of ``prompts``: ``{name: mean}`` for completions drawn with
     ``sampling``, then ``{"greedy/" + name: mean}`` for those decoded with ``greedy``, ``batch_size`` prompts at a
-    time.
+    time; ``generate`` makes the rollouts (default: :func:`~tunekit.rl.rollout.generate_rollout`).
 
     Sampling runs under its own generator state seeded with ``seed``, so an evaluation neither depends on nor
     changes the training run's random stream.
@@ -35,7 +36,7 @@ def sampled_and_greedy_means(
     with seeded_rng(seed), torch.no_grad():
         for prefix, config in (("", sampling), ("greedy/", greedy)):
             values: dict[str, list[torch.Tensor]] = {}
-            for rollout in rollouts_in_batches(model, tokenizer, prompts, config, batch_size):
+            for rollout in rollouts_in_batches(model, tokenizer, prompts, config, batch_size, generate):
                 for name, value in measure(rollout, not prefix).items():
                     values.setdefault(name, []).append(value)
             results.update({f"{prefix}{name}": torch.cat(v).mean().item() for name, v in values.items()})

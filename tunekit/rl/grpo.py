@@ -21,9 +21,10 @@ from tunekit.models.logprobs import token_logps
 from tunekit.models.reference import ReferencePolicy
 from tunekit.rl.evaluation import sampled_and_greedy_means
 from tunekit.rl.reward_calls import compute_rewards
-from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_rollout
+from tunekit.rl.rollout import PromptExample, Rollout, RolloutFn, SamplingConfig, generate_rollout
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import TaskMetric
+from tunekit.rl.tool_rollout import tool_metrics
 from tunekit.train.engines import all_reduce_sum
 from tunekit.train.spec import step_result
 
@@ -101,6 +102,7 @@ class GRPOTrainer:
         rewards: list,
         samples: SampleLog,
         task: TaskMetric | None = None,
+        generate: RolloutFn | None = None,
     ) -> None:
         self.loss = loss
         self.sampling = sampling
@@ -111,6 +113,8 @@ class GRPOTrainer:
         self.rewards = rewards
         self.samples = samples
         self.task = task
+        # Makes each batch's rollouts: generate_rollout, or a ToolRollouts that lets the policy call tools.
+        self.generate = generate or generate_rollout
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -140,7 +144,7 @@ class GRPOTrainer:
         step (REINFORCE++: then the rewards [B] and the per-token k1 KL [B, T - 1] are left for :meth:`prepare`)."""
         loss = self.loss
         group = self.sampling.num_generations
-        rollout = generate_rollout(model, self.tokenizer, batch["prompts"], self.sampling)
+        rollout = self.generate(model, self.tokenizer, batch["prompts"], self.sampling)
         total, per_source = self.score(rollout)
         total, keep = grpo_rewards_and_keep(
             total,
@@ -176,8 +180,10 @@ class GRPOTrainer:
                 tensors["reward_kl"] = sampling_logps - tensors["ref_logps"]
         tensors["num_items"] = count_units(mask, loss.aggregation)
         tensors["metrics"] = self._rollout_metrics(rollout, total, per_source)
-        if k == 0 and self.samples.due(step):
-            self.samples.write(step, rollout, total, rows=2 * group, score_name="reward")
+        written = 2 * group if k == 0 and self.samples.due(step) else 0
+        if written:
+            self.samples.write(step, rollout, total, rows=written, score_name="reward")
+        self.samples.write_tool_failures(step, rollout, total, score_name="reward", after=written)
         return tensors
 
     def step(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -207,6 +213,7 @@ class GRPOTrainer:
             "reward_std": total.std().item() if len(total) > 1 else 0.0,
             "completion_length": rollout.completion_lengths.float().mean().item(),
             "truncated_fraction": rollout.truncated.float().mean().item(),
+            **tool_metrics(rollout),
         }
         for name, values in per_source.items():
             metrics[f"rewards/{name}"] = values.mean().item()
@@ -225,7 +232,15 @@ class GRPOTrainer:
             stop_strings=self.sampling.stop_strings,
         )
         return sampled_and_greedy_means(
-            model, self.tokenizer, prompts, self.sampling, greedy, self.eval_batch_size, self.seed, self._measure
+            model,
+            self.tokenizer,
+            prompts,
+            self.sampling,
+            greedy,
+            self.eval_batch_size,
+            self.seed,
+            self._measure,
+            self.generate,
         )
 
     def _measure(self, rollout: Rollout, sampled: bool) -> dict[str, torch.Tensor]:

@@ -243,9 +243,20 @@ def _cut(tokens: list[int], tokenizer: Any, stop_strings: list[str], end_ids: li
     return text, length, False
 
 
+# generate(model, tokenizer, prompts, sampling) -> Rollout: generate_rollout, or a rollout that calls tools.
+RolloutFn = Callable[[torch.nn.Module, Any, list[PromptExample], SamplingConfig], Rollout]
+
+
 def rollouts_in_batches(
-    model: torch.nn.Module, tokenizer: Any, prompts: list[PromptExample], sampling: SamplingConfig, batch_size: int
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: list[PromptExample],
+    sampling: SamplingConfig,
+    batch_size: int,
+    generate: RolloutFn | None = None,
 ) -> Iterator[Rollout]:
-    """:func:`generate_rollout` over ``prompts``, ``batch_size`` prompts at a time (held-out evaluation)."""
+    """``generate`` (default :func:`generate_rollout`) over ``prompts``, ``batch_size`` prompts at a time (held-out
+    evaluation)."""
+    generate = generate or generate_rollout
     for start in range(0, len(prompts), batch_size):
-        yield generate_rollout(model, tokenizer, prompts[start : start + batch_size], sampling)
+        yield generate(model, tokenizer, prompts[start : start + batch_size], sampling)
