@@ -168,7 +168,21 @@ def rows(config: Any, prefix: str = "") -> list[Row]:
 
 def recipes() -> dict[str, tuple[type, str, str]]:
     """Recipe name -> (its config class, the docs page or page#section that explains it, that link's text)."""
-    from tunekit.recipes import constitution, dpo, eval, export, grpo, kto, label, ppo, pretrain, reward, sft
+    from tunekit.recipes import (
+        constitution,
+        distill,
+        dpo,
+        eval,
+        export,
+        generate,
+        grpo,
+        kto,
+        label,
+        ppo,
+        pretrain,
+        reward,
+        sft,
+    )
 
     return {
         "sft": (sft.SFTConfig, "sft.md", "sft.md"),
@@ -178,6 +192,8 @@ def recipes() -> dict[str, tuple[type, str, str]]:
         "kto": (kto.KTOConfig, "kto.md", "kto.md"),
         "grpo": (grpo.GRPOConfig, "grpo.md", "grpo.md"),
         "ppo": (ppo.PPOConfig, "ppo.md", "ppo.md"),
+        "distill": (distill.DistillConfig, "distill.md", "distill.md"),
+        "generate": (generate.GenerateConfig, "distill.md#sequence-level-distillation", "distill.md: sequence level"),
         "eval": (eval.EvalConfig, "eval.md", "eval.md"),
         "export": (export.ExportConfig, "sft.md#export", "sft.md: export"),
         "label": (label.LabelConfig, "ai-feedback.md#rlaif-labelling", "ai-feedback.md: RLAIF labelling"),

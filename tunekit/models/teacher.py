@@ -28,7 +28,9 @@ class TeacherConfig:
     # Store the teacher in 4-bit NF4 or 8-bit through bitsandbytes (it is never trained, so nothing is lost but its
     # own accuracy).
     quantization: Literal["none", "4bit", "8bit"] = "none"
+    # Attention kernel of the teacher's forwards: sdpa, or eager (plain matmuls; for comparisons and debugging).
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    # Run code shipped inside the teacher's hub repository. Off unless you trust its author.
     trust_remote_code: bool = False
     # Branch, tag or commit of a hub teacher (null: the default branch).
     revision: str | None = None

@@ -70,6 +70,7 @@ class GenerateConfig:
     # A checker (reward-function name, as GRPO's rewards take) that each completion must score above min_score to be
     # written, e.g. math_correct on rows with an answer column; null writes every completion.
     keep_if: str | None = None
+    # A completion is written when keep_if scores it above this.
     min_score: float = 0.5
     # Prompts per chunk: rows and progress are saved after each, and resume=auto continues after the last one.
     chunk_size: int = 256
@@ -77,6 +78,7 @@ class GenerateConfig:
     batch_size: int = 64
     # Where the teacher runs: auto (cuda when there is a GPU, else cpu), cpu, or cuda.
     device: Device = "auto"
+    # Show a progress bar over the prompts.
     progress: bool = True
 
     def __post_init__(self) -> None:

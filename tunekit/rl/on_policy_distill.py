@@ -44,7 +44,9 @@ class OnPolicyConfig:
     max_new_tokens: int = 32
     # Sampling temperature of the on-policy completions (0: greedy).
     temperature: float = 1.0
+    # Sample only from the k most likely tokens (0: every token).
     top_k: int = 0
+    # Nucleus sampling: only from the smallest set of tokens whose probability reaches top_p (1.0: all).
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
