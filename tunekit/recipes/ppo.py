@@ -12,8 +12,8 @@ shapes per-token rewards with a KL penalty to the reference, estimates advantage
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 
+from tunekit.data.mixing import by_source_metrics
 from tunekit.data.prompts import PromptDataConfig, collate_prompts
 from tunekit.errors import require
 from tunekit.models.adapters import check_adapter_use
@@ -139,7 +139,8 @@ def run(config: PPOConfig) -> RunResult:
         card=RecipeCard("ppo", __doc__ or "ppo", [inputs.summary], notes=[ACTOR_ONLY]),
         items=inputs.prompts,
         collate=collate_prompts,
-        evaluate=partial(trainer.evaluate, prompts=inputs.held_out) if inputs.held_out else None,
+        # A mixture's held-out prompts are scored per source too (eval/<source>/reward...), at twice the cost.
+        evaluate=by_source_metrics(trainer.evaluate, inputs.held_out) if inputs.held_out else None,
         save_final=final_saver(tokenizer),
         prepare=trainer.prepare,
         select=trainer.select,
