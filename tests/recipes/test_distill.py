@@ -136,3 +136,23 @@ def test_a_teacher_with_padded_logits_is_compared_over_the_shared_tokens(tmp_pat
     vocabulary = len(load_tokenizer(tiny_llama_path))
     teacher.resize_token_embeddings(vocabulary + 64)
     assert shared_logit_width(teacher, student, vocabulary) == vocabulary
+
+
+def test_a_teacher_given_as_an_sft_runs_adapter_is_merged_and_may_be_stored_in_4bit(tmp_path):
+    """The student starts as the same merged SFT run: a teacher loaded right has zero KL to it at step 0, and a
+    4-bit teacher only its quantization error."""
+    sft = ["model.path=tiny-llama", "data.synthetic_size=64", "data.eval_fraction=0", "max_steps=4"]
+    sft += ["train.lr=1e-2", "train.progress=false", f"output_dir={tmp_path / 'sft'}"]
+    run_sft(load_config(SFTConfig, None, sft))
+    adapter = tmp_path / "sft" / "final"
+    assert (adapter / "adapter_config.json").is_file()
+    common = [f"model.path={adapter}", "model.adapter.method=lora", "max_steps=1", "train.eval_every=1"]
+    common += ["task_metric=null", f"teacher.path={adapter}"]
+    # The SFT run moved the weights, so a teacher that left its adapter out would not match the student.
+    assert any(
+        t.abs().max() > 1e-3 for n, t in load_file(str(adapter / "adapter_model.safetensors")).items() if "lora_B" in n
+    )
+    exact = distill(tmp_path / "fp32", *common)
+    assert exact.history[0]["eval/kl"] < 1e-5
+    quantized = distill(tmp_path / "4bit", *common, "teacher.quantization=4bit")
+    assert exact.history[0]["eval/kl"] < quantized.history[0]["eval/kl"] < 0.1
