@@ -15,6 +15,7 @@ from tunekit.curate.pipeline import curate
 from tunekit.curate.quality import Scorer
 from tunekit.data import synthetic
 from tunekit.data.sft import DataConfig, load_sft_data
+from tunekit.data.sources import read_rows
 from tunekit.errors import UserError
 
 GSM8K = ["prompt_column=question", "completion_column=answer", "progress=false"]
@@ -138,7 +139,8 @@ def test_filters_drop_empty_turns_long_repetitive_and_foreign_rows(tmp_path):
 
 def test_every_recipe_format_is_read_and_the_output_feeds_the_recipes(tmp_path, shared_data, tokenizer):
     inputs = {
-        "text.jsonl": [{"text": "Some plain text."}, {"text": "Some plain text!"}],
+        # U+2028 is a line break to str.splitlines: written raw, it would cut its row in two for the recipes' reader.
+        "text.jsonl": [{"text": "Some plain text."}, {"text": "Some plain text!"}, {"text": "Zwei\u2028Zeilen, é"}],
         "pairs.jsonl": rows_of(shared_data / "hh-rlhf" / "harmless-base-test.jsonl", 3),
         "prompts.jsonl": [{"prompt": "What is 1 + 1?", "answer": "2"}],
         "chat.jsonl": [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}],
@@ -150,6 +152,8 @@ def test_every_recipe_format_is_read_and_the_output_feeds_the_recipes(tmp_path, 
         )
     assert [next(iter(r.formats.values())) for r in reports.values()] == ["text", "pairs", "prompts", "messages"]
     assert reports["text.jsonl"].removed["exact_duplicate"] == 1
+    text_out = read_rows(str(tmp_path / "text-out.jsonl"))
+    assert [row["text"] for row in text_out.rows] == ["Some plain text.", "Zwei\u2028Zeilen, é"]
 
     # GSM8K as parquet, curated into JSON Lines that SFT reads as data.path with the same column keys.
     import pyarrow as pa

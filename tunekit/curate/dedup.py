@@ -2,8 +2,9 @@
 
 Rows are offered in file order; the first of a group is kept and each later one is reported with the row it
 repeats. Memory grows with the rows kept, not with their text: 16 bytes per row for exact duplicates, and
-``num_perm`` 64-bit hash values per row plus the LSH index's band keys for near-duplicates (about 2 KB a row at
-num_perm=128), so a file larger than memory can be checked as long as its fingerprints fit.
+``num_perm`` 32-bit hash values per row plus datasketch's LSH index (its band buckets) for near-duplicates: about
+3.7 KB a kept row at num_perm=128, measured on GSM8K (docs/results.md). A file larger than memory can be checked
+as long as these fit; with more rows than that, turn near_duplicates off (exact duplicates cost ~0.2 KB a row).
 """
 
 from __future__ import annotations
@@ -38,13 +39,17 @@ class NearDuplicates:
 
     def __init__(self, threshold: float, num_perm: int, shingle: int) -> None:
         try:
-            from datasketch import MinHash, MinHashLSH
+            from datasketch import LeanMinHash, MinHash, MinHashLSH
         except ImportError:
             raise ConfigError(
                 'near-duplicate detection needs datasketch: pip install "tunekit[curate]" (or set '
                 "near_duplicates.enabled=false)"
             ) from None
         self._minhash = MinHash
+        self._lean = LeanMinHash
+        # The permutations are the same for every row (fixed seed): made once, not per row.
+        template = MinHash(num_perm=num_perm, seed=1)
+        self._permutations, self._scheme = template.permutations, template.scheme
         try:
             self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         except ValueError as err:  # no band layout of num_perm reaches the threshold
@@ -55,12 +60,12 @@ class NearDuplicates:
         self.threshold = threshold
         self.num_perm = num_perm
         self.shingle = shingle
-        self.signatures: dict[str, Any] = {}  # where -> MinHash of the rows kept
+        self.signatures: dict[str, Any] = {}  # where -> LeanMinHash (hash values only) of the rows kept
 
     def signature(self, words: list[str]) -> Any:
         """MinHash of the text's word shingles (the whole text as one shingle when it is shorter)."""
         shingles = ngrams(words, self.shingle) or [" ".join(words)]
-        minhash = self._minhash(num_perm=self.num_perm, seed=1)
+        minhash = self._minhash(num_perm=self.num_perm, seed=1, permutations=self._permutations, scheme=self._scheme)
         minhash.update_batch([s.encode("utf-8") for s in sorted(set(shingles))])
         return minhash
 
@@ -74,6 +79,7 @@ class NearDuplicates:
             if similarity >= self.threshold and (best is None or similarity > best[1]):
                 best = (key, similarity)
         if best is None:
-            self.lsh.insert(where, minhash)
-            self.signatures[where] = minhash
+            lean = self._lean(minhash)
+            self.lsh.insert(where, lean)
+            self.signatures[where] = lean
         return best

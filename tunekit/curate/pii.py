@@ -70,6 +70,12 @@ def _card(match: re.Match[str]) -> str | None:
     return PLACEHOLDERS["credit_card"] if 13 <= len(digits) <= 19 and luhn_valid(digits) else None
 
 
+def _phone(match: re.Match[str]) -> str | None:
+    # E.164 numbers have up to 15 digits, and real ones at least 9 with the country code: "+25.13-10" is a sum.
+    digits = re.sub(r"\D", "", match.group(0))
+    return PLACEHOLDERS["phone"] if 9 <= len(digits) <= 15 else None
+
+
 def _assigned(match: re.Match[str]) -> str | None:
     value = match.group(2)
     # An opaque value mixes letters and digits; a plain word ("password: correcthorsebattery") is left alone.
@@ -86,7 +92,7 @@ _RULES: list[tuple[str, re.Pattern[str], Callable[[re.Match[str]], str | None]]]
     ("email", _EMAIL, lambda m: PLACEHOLDERS["email"]),
     ("credit_card", _CARD, _card),
     ("ip_address", _IPV4, lambda m: PLACEHOLDERS["ip_address"]),
-    ("phone", _PHONE, lambda m: PLACEHOLDERS["phone"]),
+    ("phone", _PHONE, _phone),
 ]
 
 

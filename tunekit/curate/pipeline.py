@@ -224,6 +224,16 @@ def _drop_low_quality(
         _list(report, "low_quality", {"row": i + 1, "score": scores[i]}, limit)
 
 
+# Characters other than \n and \r that Python's str.splitlines breaks lines at; JSON leaves them raw unless escaped,
+# and a reader that splits a file's text into lines would cut a row in two.
+_LINE_BREAKS = {ord(c): f"\\u{ord(c):04x}" for c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def json_line(row: dict[str, Any]) -> str:
+    """``row`` as one JSON Lines line: non-ASCII text kept readable, every line-breaking character escaped."""
+    return json.dumps(row, ensure_ascii=False).translate(_LINE_BREAKS) + "\n"
+
+
 def _write(files: list[Path], config: CurateConfig, decisions: bytearray, report: Report) -> None:
     """Pass 2: the kept rows, scrubbed, as JSON Lines (renamed into place when complete), and the report."""
     output = Path(config.output).expanduser()  # type: ignore[arg-type]
@@ -239,7 +249,7 @@ def _write(files: list[Path], config: CurateConfig, decisions: bytearray, report
             if decisions[i]:
                 continue
             counts: dict[str, int] = {}
-            out.write(json.dumps(scrub_value(row, kinds, counts), ensure_ascii=False) + "\n")
+            out.write(json_line(scrub_value(row, kinds, counts)))
             report.kept += 1
             report.rows_with_pii += bool(counts)
             for kind, n in counts.items():
