@@ -12,11 +12,13 @@ from tests.tools import scripted
 from tunekit.config import load_config
 from tunekit.data.formats import render_chat
 from tunekit.data.prompts import PromptExample
+from tunekit.errors import ConfigError, DataError
 from tunekit.losses.sft import IGNORE_INDEX
 from tunekit.models.load import ModelConfig, load_model, load_tokenizer
 from tunekit.recipes.grpo import GRPOConfig, run
 from tunekit.rl import tool_rollout
 from tunekit.rl.grpo import GRPOLossConfig, GRPOTrainer
+from tunekit.rl.rewards import RewardFunctionError
 from tunekit.rl.rollout import SamplingConfig, generate_rollout
 from tunekit.rl.tool_rollout import ToolRollouts
 from tunekit.tools.registry import ToolsConfig, ToolSpec, load_tools
@@ -167,3 +169,22 @@ def test_a_failing_call_is_logged_at_every_step(tmp_path, monkeypatch):
     assert sorted({line["step"] for line in lines}) == [0, 1]
     assert all(line["tool_calls"][0]["error"] == "raised" for line in lines)
     assert "ZeroDivisionError: division by zero" in lines[0]["tool_calls"][0]["output"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (["data.path=synthetic"], DataError, "a run with tools needs chat prompts"),
+        (["tools.use=[{name: calculater}]"], ConfigError, "unknown tool 'calculater'"),
+        (["tools.max_turns=0"], ConfigError, "tools.max_turns must be at least 1"),
+        (["rewards=[{name: 'STRICT'}]"], RewardFunctionError, "cannot be called with the keyword arguments"),
+    ],
+)
+def test_tool_mistakes_are_reported_before_training(tmp_path, overrides, error, message):
+    # A reward without **columns takes the data's answer column but not the trajectory's columns.
+    strict = tmp_path / "strict.py"
+    strict.write_text("def score(prompts, completions, answer):\n    return [0.0] * len(completions)\n")
+    overrides = [o.replace("STRICT", f"{strict}:score") for o in overrides]
+    with pytest.raises(error, match=message):
+        run(grpo_tools(tmp_path / "grpo", *overrides))
+    assert not (tmp_path / "grpo" / "metrics.jsonl").exists()
