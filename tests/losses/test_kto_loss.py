@@ -31,8 +31,18 @@ def test_kto_loss_matches_hand_derived_values():
     assert math.isclose(m["rewards/chosen"].item(), 0.65, rel_tol=1e-6)
     assert math.isclose(m["rewards/rejected"].item(), -0.35, rel_tol=1e-6)
     assert math.isclose(m["rewards/margin"].item(), 1.0, rel_tol=1e-6)
-    assert m["rewards/accuracy"].item() == 1.0
+    assert m["rewards/accuracy"].item() == 1.0 and m["rewards/pairwise_accuracy"].item() == 1.0
     assert math.isclose(m["logps/chosen"].item(), -2.0) and math.isclose(m["logps/rejected"].item(), -3.0)
+
+
+def test_pairwise_accuracy_ranks_every_desirable_against_every_undesirable():
+    # Rewards (beta 1, reference 0): desirable 0.5 and -1.0, undesirable 0.0 and -2.0. Of the 4 cross pairs, 0.5
+    # beats both, -1.0 beats -2.0 only: 3 / 4. Against z0 = 0: 0.5 right, -1.0 wrong, 0.0 a tie (wrong), -2.0 right.
+    logps = torch.tensor([0.5, 0.0, -1.0, -2.0])
+    labels = torch.tensor([True, False, True, False])
+    out = kto_loss(logps, torch.zeros(4), labels, torch.zeros(4), torch.zeros(4), KTOLossConfig(beta=1.0))
+    assert out.metrics["rewards/pairwise_accuracy"].item() == 0.75
+    assert out.metrics["rewards/accuracy"].item() == 0.5
 
 
 def test_reference_point_is_clamped_at_zero_detached_and_summed_across_processes():
@@ -51,7 +61,7 @@ def test_a_policy_equal_to_its_reference_scores_zero_accuracy_and_one_sided_batc
     assert out.metrics["rewards/accuracy"].item() == 0.0
     assert math.isclose(out.loss_sum.item(), 1.5, rel_tol=1e-6)  # 3 x (1 - sigmoid(0))
     assert "rewards/chosen" in out.metrics and "rewards/rejected" not in out.metrics
-    assert "rewards/margin" not in out.metrics
+    assert "rewards/margin" not in out.metrics and "rewards/pairwise_accuracy" not in out.metrics
     with pytest.raises(ValueError, match="labels must be"):
         kto_loss(zeros, zeros, torch.tensor([True]), zeros, zeros, KTOLossConfig())
 

@@ -84,9 +84,11 @@ def kto_loss(
 
     Metrics (detached): "kl" (z0 / 1, in nats), "rewards/chosen" and "logps/chosen" (means over the desirable
     examples, when the batch has any), "rewards/rejected" and "logps/rejected" (over the undesirable ones), their
-    difference "rewards/margin" (when the batch has both), and "rewards/accuracy": the share of examples whose
-    implicit reward beta * r lies on their label's side of beta * z0, the point KTO's loss divides at (ties count as
-    wrong, so a policy equal to its reference scores 0, as DPO's accuracy does).
+    difference "rewards/margin" and "rewards/pairwise_accuracy" (when the batch has both: the share of the batch's
+    (desirable, undesirable) pairs, whatever their prompts, whose desirable example has the higher implicit
+    reward), and "rewards/accuracy": the share of examples whose implicit reward beta * r lies on their label's side
+    of beta * z0, the point KTO's loss divides at. Ties count as wrong in both, so a policy equal to its reference
+    scores 0, as DPO's accuracy does.
     """
     for name, value in (("ref_logps", ref_logps), ("labels", labels), ("kl_logps", kl_logps)):
         if value.shape != logps.shape or logps.dim() != 1:
@@ -107,4 +109,7 @@ def kto_loss(
                 metrics[f"logps/{side}"] = logps.float()[chosen].mean()
         if desirable.any() and not desirable.all():
             metrics["rewards/margin"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+            # Every (desirable, undesirable) pair of the batch: does the implicit reward rank them right?
+            better = rewards[desirable][:, None] > rewards[~desirable][None, :]
+            metrics["rewards/pairwise_accuracy"] = better.float().mean()
     return LossOutput(losses.sum(), torch.tensor(len(losses), device=losses.device), metrics)

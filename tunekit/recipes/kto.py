@@ -120,11 +120,14 @@ def run(config: KTOConfig) -> RunResult:
         save_final=final_saver(tokenizer),
     )
     result = train(spec, model, partial(kto_step, loss_config=config.loss, reference=reference))
-    evals = [r for r in result.history if "eval/rewards/accuracy" in r]
+    evals = [r for r in result.history if "eval/rewards/pairwise_accuracy" in r]
     if evals:
+        first, last = evals[0], evals[-1]
         say(
-            f"held-out implicit-reward accuracy {evals[0]['eval/rewards/accuracy']:.3f} at the first evaluation, "
-            f"{evals[-1]['eval/rewards/accuracy']:.3f} at the end; KL reference point {evals[-1]['eval/kl']:.3f}"
+            f"held-out implicit reward, first evaluation -> end: pairwise accuracy "
+            f"{first['eval/rewards/pairwise_accuracy']:.3f} -> {last['eval/rewards/pairwise_accuracy']:.3f}, "
+            f"margin {first['eval/rewards/margin']:.3f} -> {last['eval/rewards/margin']:.3f}, accuracy against the "
+            f"reference point {first['eval/rewards/accuracy']:.3f} -> {last['eval/rewards/accuracy']:.3f}"
         )
     say(f"done: {result.step} steps; run directory {output_dir}")
     return result
