@@ -65,7 +65,7 @@ def load_prompts(
     """Train and held-out prompts; a prompt longer than data.max_prompt_length is an error naming its row, and an
     empty one is dropped or refused per data.empty_rows. ``tools`` (JSON schemas) reach the chat template."""
     if config.sources:
-        return _mixed_prompts(config, tokenizer, seed)
+        return _mixed_prompts(config, tokenizer, seed, tools)
     train_rows, eval_rows = train_eval_rows(config, seed, synthetic.prompts_with_answers)
     if eval_rows is not None and config.max_eval_examples is not None:
         eval_rows = eval_rows.subset(list(range(min(config.max_eval_examples, len(eval_rows)))))
@@ -74,10 +74,12 @@ def load_prompts(
     return PromptSet(train, held_out, train_empty + held_out_empty)
 
 
-def _mixed_prompts(config: PromptDataConfig, tokenizer: Any, seed: int) -> PromptSet:
+def _mixed_prompts(
+    config: PromptDataConfig, tokenizer: Any, seed: int, tools: list[dict[str, Any]] | None
+) -> PromptSet:
     """:func:`load_prompts` over data.sources; data.max_eval_examples is shared evenly between the sources."""
     mixture = load_mixture(
-        config, seed, synthetic.prompts_with_answers, lambda rows, section: _prompts(rows, section, tokenizer)
+        config, seed, synthetic.prompts_with_answers, lambda rows, section: _prompts(rows, section, tokenizer, tools)
     )
     held_out = mixture.held_out
     if config.max_eval_examples is not None:

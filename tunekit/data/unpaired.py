@@ -22,6 +22,7 @@ import torch
 
 from tunekit.data.collate import collate_pairs
 from tunekit.data.formats import assistant_text, chat_messages, render_chat, required_column
+from tunekit.data.mixing import load_mixture
 from tunekit.data.pairs import PairDataConfig, keep_last, split_pair
 from tunekit.data.sft import TRUNCATION_WARNING_SHARE
 from tunekit.data.sources import Rows, SourceConfig, empty_row, require_prompt_template, train_eval_rows
@@ -197,6 +198,10 @@ def load_unpaired_data(
     and a pair's two examples side by side would hand KTO's reference point a matched (prompt, completion) pair.
     (Training batches are reshuffled every epoch by the runner.)
     """
+    if config.sources:  # a mixture (tunekit/data/mixing.py); its held-out examples are put in a random order too
+        mixture = load_mixture(config, seed, synthetic, lambda rows, part: tokenize_unpaired(rows, part, tokenizer))
+        random.Random(seed).shuffle(mixture.held_out)
+        return mixture.train, mixture.held_out, mixture.stats()
     train_rows, eval_rows = train_eval_rows(config, seed, synthetic)
     train, train_stats = tokenize_unpaired(train_rows, config, tokenizer)
     stats = {"train": train_stats}
