@@ -170,6 +170,7 @@ def recipes() -> dict[str, tuple[type, str, str]]:
     """Recipe name -> (its config class, the docs page or page#section that explains it, that link's text)."""
     from tunekit.recipes import (
         constitution,
+        curate,
         distill,
         dpo,
         eval,
@@ -202,6 +203,7 @@ def recipes() -> dict[str, tuple[type, str, str]]:
             "ai-feedback.md#constitutional-critique-and-revision",
             "ai-feedback.md: constitutional critique and revision",
         ),
+        "curate": (curate.CurateConfig, "data-mixtures.md#curation", "data-mixtures.md: curation"),
     }
 
 

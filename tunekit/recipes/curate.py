@@ -2,7 +2,7 @@
 
     python -m tunekit.recipes.curate inputs=train.jsonl output=clean.jsonl
     python -m tunekit.recipes.curate inputs=../shared/data/gsm8k/train.jsonl output=runs/gsm8k-clean.jsonl \\
-        prompt_column=question completion_column=answer decontaminate.paths=[../shared/data/gsm8k/test.jsonl]
+        prompt_column=question completion_column=answer 'decontaminate.paths=[../shared/data/gsm8k/test.jsonl]'
 
 Reads .jsonl, .json, .parquet and .csv rows in any format the recipes read (text, prompt/completion, messages,
 pairs, prompts), streaming them twice, and writes the kept rows, with personal data replaced by typed
