@@ -3,7 +3,7 @@
 Rows are offered in file order; the first of a group is kept and each later one is reported with the row it
 repeats. Memory grows with the rows kept, not with their text: 16 bytes per row for exact duplicates, and
 ``num_perm`` 32-bit hash values per row plus datasketch's LSH index (its band buckets) for near-duplicates: about
-3.7 KB a kept row at num_perm=128, measured on GSM8K (docs/results.md). A file larger than memory can be checked
+5 KB a kept row at num_perm=128, measured on GSM8K-like rows (docs/results.md). A file larger than memory can be checked
 as long as these fit; with more rows than that, turn near_duplicates off (exact duplicates cost ~0.2 KB a row).
 """
 
