@@ -181,6 +181,8 @@ def test_quality_scoring_keeps_the_best_fraction_and_a_rerun_writes_the_same_byt
     best = sorted(range(12), key=lambda i: (-scores[i], i))[:4]
     assert rows_of(out) == [rows[i] for i in sorted(best)]
     assert report.quality_threshold == pytest.approx(min(scores[i] for i in best), rel=1e-5)
+    dropped = sorted(set(range(12)) - set(best))
+    assert [e["row"] for e in report.listed["low_quality"]] == [f"{source} line {i + 1}" for i in dropped]
     saved = json.loads((tmp_path / "clean.report.json").read_text())
     assert saved["kept"] == 4 and saved["removed"]["low_quality"] == 8
 

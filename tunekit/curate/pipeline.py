@@ -87,6 +87,7 @@ def curate(config: CurateConfig) -> Report:
     decisions = bytearray()
     scores: dict[int, float] = {}
     pending: list[tuple[int, str]] = []
+    scored_where: dict[int, str] = {}  # where each scored row is, for listing the ones dropped as low quality
     kept_tokens = 0
     total = _total(files)
     with tqdm(total=total, desc="curate: check", disable=not config.progress, file=sys.stderr) as bar:
@@ -104,13 +105,14 @@ def curate(config: CurateConfig) -> Report:
             kept_tokens += tokens or 0
             if checks.scorer is not None:
                 pending.append((i, "\n".join(parts)))
+                scored_where[i] = where
                 if len(pending) >= config.quality.batch_size:
                     scores.update(zip([j for j, _ in pending], checks.scorer([t for _, t in pending]), strict=True))
                     pending = []
         if pending and checks.scorer is not None:
             scores.update(zip([j for j, _ in pending], checks.scorer([t for _, t in pending]), strict=True))
     if checks.scorer is not None:
-        _drop_low_quality(scores, decisions, config.quality.keep_fraction, report, config.max_listed)
+        _drop_low_quality(scores, scored_where, decisions, config.quality.keep_fraction, report, config.max_listed)
     report.kept_tokens = kept_tokens if checks.tokenizer is not None else None
     _write(files, config, decisions, report)
     return report
@@ -211,7 +213,12 @@ def _list(report: Report, reason: str, entry: dict[str, Any], limit: int) -> Non
 
 
 def _drop_low_quality(
-    scores: dict[int, float], decisions: bytearray, keep_fraction: float, report: Report, limit: int
+    scores: dict[int, float],
+    wheres: dict[int, str],
+    decisions: bytearray,
+    keep_fraction: float,
+    report: Report,
+    limit: int,
 ) -> None:
     """Keep the best ``keep_fraction`` of the scored rows (ties: the earlier row first); mark the rest."""
     ranked = sorted(scores, key=lambda i: (-scores[i], i))
@@ -221,7 +228,7 @@ def _drop_low_quality(
     for i in sorted(ranked[keep:]):
         decisions[i] = REASONS.index("low_quality") + 1
         report.removed["low_quality"] += 1
-        _list(report, "low_quality", {"row": i + 1, "score": scores[i]}, limit)
+        _list(report, "low_quality", {"row": wheres[i], "score": scores[i]}, limit)
 
 
 # Characters other than \n and \r that Python's str.splitlines breaks lines at; JSON leaves them raw unless escaped,
