@@ -183,6 +183,10 @@ def test_a_mixture_run_logs_held_out_loss_per_source_and_resumes_exactly(tmp_pat
         # eval/loss is the token-weighted mean over both sources, so it lies between them.
         low, high = sorted([record["eval/gsm8k/loss"], record["eval/synthetic/loss"]])
         assert low <= record["eval/loss"] <= high
+    card = (whole / "final" / "README.md").read_text()
+    assert "Training data: a mixture of `" in card  # the model card names the sources, not data.path
+    assert "(gsm8k, weight 1.0), `synthetic` (synthetic, weight 1.0)" in card
+    assert "data (mixture): 8 items drawn afresh each epoch" in card
     run(load_config(SFTConfig, None, [f"output_dir={resumed}", *common, f"resume={whole / 'checkpoints' / 'step-2'}"]))
     expected = load_file(str(whole / "final" / "adapter_model.safetensors"))
     got = load_file(str(resumed / "final" / "adapter_model.safetensors"))

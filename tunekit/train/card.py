@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from tunekit.config import to_dict
+from tunekit.data.mixture import DataSource
 from tunekit.models.adapters import saved_adapter_method
 from tunekit.models.tiny import TINY_MODELS, cache_dir
 from tunekit.train.card_facts import (
@@ -193,7 +194,9 @@ def front_matter(recipe: str, values: dict[str, Any], method: str, head: str, st
         tags.append("qlora")
     metadata["tags"] = tags
     data = values.get("data") or {}
-    datasets = [p for p in (data.get("path"), data.get("eval_path")) if p and is_hub_dataset(p)]
+    paths = [data.get("path"), data.get("eval_path")]
+    paths += [p for source in data.get("sources") or [] for p in (source.get("path"), source.get("eval_path"))]
+    datasets = [p for p in paths if p and is_hub_dataset(p)]
     if datasets:
         metadata["datasets"] = list(dict.fromkeys(datasets))
     metadata.update(licence(base))
@@ -239,7 +242,13 @@ def _data_section(values: dict[str, Any], lines: list[str]) -> str:
         source = f"[{path}](https://huggingface.co/datasets/{path}) (split `{data.get('split', 'train')}`)"
     else:
         source = f"`{path}`"
-    if data.get("eval_path"):
+    if data.get("sources"):  # a mixture (docs/data-mixtures.md): each source's path and weight, its own held-out rows
+        source = "a mixture of " + ", ".join(
+            f"`{m.path}` ({m.label()}, weight {m.weight or 'its size'})"
+            for m in (DataSource(**fields) for fields in data["sources"])
+        )
+        held = "each source's own eval_path, or eval_fraction of its rows"
+    elif data.get("eval_path"):
         held = f"`{data['eval_path']}`"
     elif path == "synthetic":
         held = f"{data.get('eval_fraction', 0):g} x synthetic_size fresh rows"
