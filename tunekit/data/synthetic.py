@@ -132,19 +132,22 @@ def _big_problems(rng: random.Random, split: Split) -> Iterator[tuple[str, str, 
         a, b = rng.randint(10, 99), rng.randint(10, 99)
         if op == "-" and b > a:
             a, b = b, a
-        question = f"What is {a} {op} {b}?"
+        # The parentheses and the reply's "####<n>" make the numbers tokenize alike wherever they stand ("(60" and
+        # "\"60" give "6", "0"; " 60" gives " 6", "0"), so that copying them is the plain induction a small model learns
+        # early; with "What is 60 + 21?" the tiny model had not learned to copy after 375 SFT steps.
+        question = f"What is ({a} {op} {b})?"
         if split == "all" or is_held_out(question) == (split == "held_out"):
             yield question, f"{a} {op} {b}", BIG_OPS[op](a, b)
 
 
 def big_arithmetic_answers(n: int, seed: int = 0, split: Split = "train") -> list[dict[str, Any]]:
-    """``n`` chat rows answering directly: ``{"messages": [user, assistant "#### 8778"]}``."""
+    """``n`` chat rows answering directly: ``{"messages": [user, assistant "####81"]}``."""
     problems = _big_problems(random.Random(seed), split)
     rows = []
     for _ in range(n):
         question, _, answer = next(problems)
         rows.append(
-            {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": f"#### {answer}"}]}
+            {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": f"####{answer}"}]}
         )
     return rows
 
@@ -161,7 +164,7 @@ def big_arithmetic_tool_transcripts(n: int, seed: int = 0, split: Split = "train
             {"role": "user", "content": question},
             {"role": "assistant", "content": "", "tool_calls": [call]},
             {"role": "tool", "name": "calculator", "content": str(answer)},
-            {"role": "assistant", "content": f"#### {answer}"},
+            {"role": "assistant", "content": f"####{answer}"},
         ]
         rows.append({"messages": messages})
     return rows
