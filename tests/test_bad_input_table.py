@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tunekit.errors import USER_ERROR_EXIT_CODE, exit_on_user_error
-from tunekit.recipes import constitution, dpo, eval, grpo, kto, label, ppo, pretrain, reward, sft
+from tunekit.recipes import constitution, distill, dpo, eval, grpo, kto, label, ppo, pretrain, reward, sft
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 BEGIN = "<!-- bad-input table: written by python tests/test_bad_input_table.py --write -->"
@@ -38,6 +38,7 @@ RECIPES = {
     "label": (label, {"prompt": "a", "answer": "1"}, "prompt", ["model.path=tiny-llama"]),
     "constitution": (constitution, {"prompt": "a"}, "prompt", ["model.path=tiny-llama"]),
     "kto": (kto, {"prompt": "a", "completion": "b", "label": True}, "completion", []),
+    "distill": (distill, {"prompt": "a", "completion": "b"}, "completion", ["teacher.path=tiny-llama"]),
 }
 
 
@@ -132,6 +133,15 @@ def _model_without_tokenizer(folder: Path) -> None:
     (folder / "model" / "config.json").write_text(json.dumps({"model_type": "llama"}))
 
 
+def _model_with_another_vocabulary(folder: Path) -> None:
+    from tunekit.models.tiny import build_causal_lm, train_tokenizer
+
+    shape = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1
+    )
+    build_causal_lm(folder, train_tokenizer(vocab_size=300), shape)
+
+
 ONE_OFF = [
     # Values out of range: refused when the config is read.
     Case("sft", "train.lr=-1", ("train.lr=-1",), "train.lr must be positive, got -1.0"),
@@ -215,6 +225,17 @@ ONE_OFF = [
         ),
     ),
     Case("ppo", "PPO with no reward at all", ("rewards=[]",), "rewards is empty and reward_model is unset"),
+    # Distillation's teacher.
+    Case("distill", "teacher.path that does not exist", ("teacher.path={tmp}/no-teacher",), "{tmp}/no-teacher"),
+    Case(
+        "distill",
+        "a teacher with another vocabulary",
+        ("teacher.path={tmp}/model",),
+        "do not share a vocabulary",
+        lambda folder: _model_with_another_vocabulary(folder / "model"),
+    ),
+    Case("distill", "loss.beta=1 for jsd", ("loss.divergence=jsd", "loss.beta=1"), "loss.beta must be in (0, 1)"),
+    Case("distill", "on_policy.fraction=2", ("on_policy.fraction=2",), "on_policy.fraction must be in [0, 1]"),
     # KTO's labels and batches.
     Case(
         "kto",
