@@ -82,8 +82,10 @@ def check_shared_vocabulary(teacher_tokenizer: Any, student_tokenizer: Any, teac
         (t for t in set(teacher_vocab) & set(student_vocab) if teacher_vocab[t] != student_vocab[t]),
         key=teacher_vocab.__getitem__,
     )
+    only_student = sorted(set(student_vocab) - set(teacher_vocab), key=student_vocab.__getitem__)
     examples = [f"{t!r} is id {teacher_vocab[t]} in the teacher and {student_vocab[t]} in the student" for t in moved]
-    examples += [f"{t!r} (id {teacher_vocab[t]}) is only in the teacher" for t in only_teacher]
+    examples += [f"{t!r} (id {teacher_vocab[t]}) is only in the teacher" for t in only_teacher[:2]]
+    examples += [f"{t!r} (id {student_vocab[t]}) is only in the student" for t in only_student[:2]]
     raise ConfigError(
         f"teacher.path {teacher!r} and model.path {student!r} do not share a vocabulary ({len(teacher_vocab)} and "
         f"{len(student_vocab)} tokens; {len(moved)} shared tokens have other ids); e.g. {'; '.join(examples[:3])}. "
