@@ -140,7 +140,7 @@ def grpo_tools(out, *overrides):
 def test_grpo_with_tools_logs_calls_and_resumes_exactly_between_the_passes_of_a_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(tool_rollout, "generate_rollout", scripted.scripted(generate_rollout))
     common = ["loss.passes=2", "max_steps=4", "train.save_every=1", "train.keep_checkpoints=0", "train.lr=1e-2"]
-    common.append("train.eval_every=0")
+    common += ["train.eval_every=0", "train.micro_batch_size=1", "data.synthetic_size=4"]
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     result = run(grpo_tools(whole, *common))
     train_line = next(r for r in result.history if "loss" in r)
