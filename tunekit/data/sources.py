@@ -142,7 +142,8 @@ def _load_with_datasets(name: str, shown: str, split: str, **kwargs: Any) -> lis
 class SourceConfig:
     """Where a recipe's rows come from; every recipe's ``data`` section extends this."""
 
-    # A .jsonl/.json/.parquet/.csv file, a dataset directory, a hub id, or "synthetic" (tunekit's own data).
+    # A .jsonl/.json/.parquet/.csv file, a dataset directory, a hub id, or "synthetic" (tunekit's own data; the
+    # generated tasks big-arithmetic and big-arithmetic-tools as "synthetic:<task>", docs/tools.md).
     path: str = "synthetic"
     # Split of a dataset directory or hub dataset to read; a single file is one split, train.
     split: str = "train"
