@@ -4,7 +4,7 @@
     python -m tunekit.recipes.distill                                         # tiny-llama-small learns from it
     python -m tunekit.recipes.distill on_policy.fraction=1 loss.divergence=reverse_kl   # on-policy (GKD)
     python -m tunekit.recipes.distill loss.sft_weight=1                       # SFT alone, measured the same way
-    python -m tunekit.recipes.generate --config recipes/generate/tiny-teacher.yaml   # sequence-level: teacher data
+    python -m tunekit.recipes.generate --config recipes/generate/tiny.yaml           # sequence-level: teacher data
 
 Each step runs the teacher (frozen, no gradients, not checkpointed) and the student on the same tokens and takes
 a divergence between their distributions at every completion token (forward KL, reverse KL or GKD's generalised
