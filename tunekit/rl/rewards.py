@@ -25,11 +25,8 @@ other than one finite number per completion is a :class:`RewardFunctionError`, w
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
-import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +35,7 @@ from typing import Any
 
 import tunekit
 from tunekit.errors import ConfigError, UserError
+from tunekit.user_code import module_from_file
 
 RewardFn = Callable[..., list[float]]
 
@@ -163,27 +161,8 @@ def _function_from_file(name: str, path_text: str, attr: str, search: list[Path]
 
 
 def _module_from_file(name: str, path: Path) -> ModuleType:
-    """Execute a reward file as a module of its own, once per process.
-
-    The module name is derived from the file's full path, so reward_models/math.py never takes the place of the
-    standard library's ``math`` in sys.modules and two files called rewards.py do not collide. It is registered in
-    sys.modules because dataclasses and pickling look modules up there.
-    """
-    stem = re.sub(r"\W", "_", path.stem)
-    module_name = f"tunekit_reward_{stem}_{hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:10]}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"reward {name!r}: {path} cannot be loaded as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:
-        del sys.modules[module_name]
-        raise ConfigError(f"reward {name!r}: loading {path} raised {type(err).__name__}: {err}") from err
-    return module
+    """Execute a reward file as a module of its own, once per process (:func:`tunekit.user_code.module_from_file`)."""
+    return module_from_file(path, "tunekit_reward", f"reward {name!r}")
 
 
 def _function_from_module(name: str, module_name: str, attr: str) -> RewardFn:

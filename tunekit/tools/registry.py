@@ -15,12 +15,9 @@ is loaded, and only to read the function's schema: the call itself runs in the s
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import inspect
-import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from typing import Any, Literal
 
 from tunekit.errors import ConfigError, require
 from tunekit.tools.builtin import BUILTIN_TOOLS, IN_PROCESS_SAFE
+from tunekit.user_code import module_from_file
 
 # The repository that holds tunekit/ (an editable install or a checkout on sys.path).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -177,22 +175,8 @@ def _find_file(name: str, path_text: str, root: Path) -> Path:
 
 
 def _module_from_file(name: str, path: Path) -> Any:
-    """Execute a tool file as a module of its own, once per process, under a name derived from its full path."""
-    stem = re.sub(r"\W", "_", path.stem)
-    module_name = f"tunekit_tool_{stem}_{hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:10]}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"tool {name!r}: {path} cannot be loaded as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:
-        del sys.modules[module_name]
-        raise ConfigError(f"tool {name!r}: loading {path} raised {type(err).__name__}: {err}") from None
-    return module
+    """Execute a tool file as a module of its own, once per process (:func:`tunekit.user_code.module_from_file`)."""
+    return module_from_file(path, "tunekit_tool", f"tool {name!r}")
 
 
 def _attribute(name: str, module: Any, attr: str) -> Callable[..., Any]:
