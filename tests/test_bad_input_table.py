@@ -252,6 +252,55 @@ ONE_OFF = [
         _jsonl(lambda g, c: [json.dumps(g), _with(g, "label", "yes")], "kto"),
     ),
     Case("kto", "train.micro_batch_size=1", ("train.micro_batch_size=1",), "must be at least 2 for KTO"),
+    # Tools.
+    Case(
+        "grpo",
+        "tools.use names no tool",
+        ("tools.use=[{name: calculater}]",),
+        "tools.use[0]: unknown tool 'calculater'",
+    ),
+    Case(
+        "ppo",
+        "a tool file that does not exist",
+        ("tools.use=[{name: '{tmp}/my_tools.py:lookup'}]",),
+        "tools.use[0]: tool '<tmp>/my_tools.py:lookup': file <tmp>/my_tools.py not found",
+    ),
+    Case(
+        "grpo",
+        "a tool whose schema cannot be written",
+        ("tools.use=[{name: '{tmp}/t.py:lookup'}]",),
+        "no JSON schema can be written from its signature",
+        lambda folder: (folder / "t.py").write_text("def lookup(key):\n    return key\n"),
+    ),
+    Case("grpo", "tools with prompts that are not chat", ("tools.use=[{name: calculator}]",), "needs chat prompts"),
+    Case(
+        "grpo",
+        "a reward that cannot take a tool trajectory",
+        (
+            "data.path=synthetic:big-arithmetic-tools",
+            "tools.use=[{name: calculator}]",
+            "rewards=[{name: '{tmp}/r.py:score'}]",
+        ),
+        "cannot be called with the keyword arguments",
+        lambda folder: (folder / "r.py").write_text(
+            "def score(prompts, completions, answer):\n    return [0.0] * len(completions)\n"
+        ),
+    ),
+    Case(
+        "sft",
+        "a tools column that is not a list of schemas",
+        ("data.path={tmp}/d.jsonl", "data.eval_fraction=0"),
+        "d.jsonl line 2: column 'tools' must be a list of tool schemas",
+        lambda folder: (folder / "d.jsonl").write_text(
+            json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
+            + "\n"
+            + json.dumps(
+                {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "tools": 3}
+            )
+            + "\n"
+        ),
+    ),
+    Case("sft", "data.tools names no tool", ("data.tools=[calculater]",), "data.tools[0]: unknown tool 'calculater'"),
     # Trackers and judges.
     Case("sft", "train.report_to names no tracker", ("train.report_to=tensorbored",), "did you mean 'tensorboard'"),
     Case("dpo", "a tracker whose package is missing", ("train.report_to=comet_ml",), 'pip install "tunekit[comet-ml]"'),

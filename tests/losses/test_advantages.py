@@ -138,3 +138,24 @@ def test_gae_matches_a_reference_loop_on_ragged_batches(gamma, lam):
         )
         assert torch.allclose(advantages[row], expected, atol=1e-5), row
         assert torch.allclose(returns[row], (expected + values[row]) * mask[row], atol=1e-5), row
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.5)])
+def test_gae_steps_over_tokens_between_turns(gamma, lam):
+    # A two-turn rollout: the policy's call (3 tokens), the tool's message (2 tokens, not the policy's), the reply
+    # (2 tokens), padding. The estimate over the policy's 5 tokens is GAE over them as one episode, so the first
+    # turn's tokens are credited with the reply's reward; the tool message and the padding get 0.
+    torch.manual_seed(1)
+    rewards, values = torch.randn(2, 9), torch.randn(2, 9)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 1, 1, 0, 0], [1, 0, 1, 0, 1, 0, 1, 1, 1]])
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    for row in range(2):
+        kept = mask[row].bool()
+        expected = torch.zeros(9)
+        expected[kept] = torch.tensor(
+            _reference_gae(rewards[row, kept].tolist(), values[row, kept].tolist(), gamma, lam)
+        )
+        assert torch.allclose(advantages[row], expected, atol=1e-5), row
+        assert torch.allclose(returns[row], (expected + values[row]) * mask[row], atol=1e-5), row
+    # The first turn's last token sees the reply's first token's value, not a zero.
+    assert advantages[0, 2] != pytest.approx(rewards[0, 2] - values[0, 2])

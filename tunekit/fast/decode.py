@@ -26,6 +26,7 @@ columns (left-padded), M = max_new_tokens, D the head dimension.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +141,12 @@ def rollout_decoder(model: torch.nn.Module, total_length: int) -> torch.nn.Modul
     return lean_decoder(model, total_length)
 
 
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The name ``model.forward`` takes a KV cache by: transformers 5.25 renamed ``past_key_values`` to ``cache``
+    (the old name warns, and goes in 5.40); earlier 5.x releases know only the old one."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def decode(
     model: torch.nn.Module,
@@ -173,9 +180,9 @@ def decode(
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
         position_ids=positions,
-        past_key_values=prefill,
         use_cache=True,
         logits_to_keep=1,
+        **{_cache_argument(model): prefill},
     )
     logits = out.logits[:, -1].float().repeat_interleave(group, dim=0)  # [N, V]
     cache = [_KVBuffer(layer.keys, layer.values, group, width + max_new_tokens) for layer in prefill.layers]

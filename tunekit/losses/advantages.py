@@ -137,28 +137,37 @@ def equal_reward_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 def gae(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over the valid tokens of right-padded completions.
+    """Generalised advantage estimation over the policy's tokens of right-padded completions.
 
-    rewards, values, mask: [B, T] (mask 1 on completion tokens, 0 on the padding after them) ->
-    ``(advantages [B, T], returns [B, T])``, both 0 where the mask is 0.
+    rewards, values, mask: [B, T] (mask 1 on the policy's tokens, 0 elsewhere) -> ``(advantages [B, T],
+    returns [B, T])``, both 0 where the mask is 0. Over a row's masked tokens t_1 < t_2 < ... < t_n:
 
-        delta_t = r_t + gamma * V_{t+1} - V_t
-        A_t     = delta_t + gamma * lam * A_{t+1}
-        R_t     = A_t + V_t                       (the value target)
+        delta_i = r_{t_i} + gamma * V_{t_{i+1}} - V_{t_i}
+        A_{t_i} = delta_i + gamma * lam * A_{t_{i+1}}
+        R_{t_i} = A_{t_i} + V_{t_i}                   (the value target)
 
-    with V_{t+1} = A_{t+1} = 0 after the last valid token: the completion ends there, and whatever the value head
-    says about padding must not leak into the estimate. (A 0 inside a row therefore also ends the episode there.)
+    with V = A = 0 after t_n: the completion ends there, and whatever the value head says about padding must not
+    leak into the estimate. Unmasked tokens *between* masked ones (the tool messages of a multi-turn rollout, which
+    the environment wrote, not the policy) are stepped over rather than ending the episode: the state after a tool
+    call is valued at the policy's next token, so the final score's credit reaches the turn that made the call.
     Call it on detached rollout tensors; it is a target, not something to differentiate through.
     """
-    mask = mask.to(values.dtype)
+    valid = mask.bool()
+    # Each row's masked tokens gathered to its front, in order (a stable sort of "not masked" puts them first), so
+    # that the recursion below runs over contiguous episodes; the results are scattered back to their columns.
+    order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices
+    rewards, values, steps = rewards.gather(1, order), values.gather(1, order), valid.gather(1, order)
+    steps = steps.to(values.dtype)
     next_value = values.new_zeros(values.shape[0])
     next_advantage = values.new_zeros(values.shape[0])
     columns = []
     for t in reversed(range(values.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         # Multiplying by the mask both zeroes the padded positions and hands zeros to the token before them.
-        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
-        next_value = values[:, t] * mask[:, t]
+        next_advantage = (delta + gamma * lam * next_advantage) * steps[:, t]
+        next_value = values[:, t] * steps[:, t]
         columns.append(next_advantage)
-    advantages = torch.stack(columns[::-1], dim=1)
-    return advantages, (advantages + values) * mask
+    compact = torch.stack(columns[::-1], dim=1)
+    advantages = torch.zeros_like(compact).scatter(1, order, compact)
+    returns = torch.zeros_like(compact).scatter(1, order, (compact + values) * steps)
+    return advantages, returns

@@ -36,6 +36,8 @@ from tunekit.rl.ppo import PPOLossConfig, PPOTrainer
 from tunekit.rl.rewards import RewardSource, load_reward_sources
 from tunekit.rl.roles import CriticConfig, SharedRoles, check_reward_model, check_shared_adapter
 from tunekit.rl.rollout import SamplingConfig
+from tunekit.rl.tool_rollout import check_tool_rewards, setup_tool_use
+from tunekit.tools.registry import ToolsConfig
 from tunekit.train.card import RecipeCard
 from tunekit.train.runner import RunResult, train
 from tunekit.train.spec import TrainConfig
@@ -83,6 +85,8 @@ class PPOConfig(RLRecipeConfig):
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
     sampling: SamplingConfig = field(default_factory=_ppo_sampling)
     ppo: PPOLossConfig = field(default_factory=PPOLossConfig)
+    # Tools the policy may call during rollouts (multi-turn, sandboxed; docs/tools.md). tools.use empty: none.
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
     train: TrainConfig = field(default_factory=_ppo_train)
 
     def __post_init__(self) -> None:
@@ -116,7 +120,10 @@ def run(config: PPOConfig) -> RunResult:
     reward_functions = load_reward_sources(config.rewards)
     output_dir, resume_from = start_run(config)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code, config.model.revision)
-    inputs = load_rl_inputs(config, tokenizer, reward_functions, output_dir, resume_from)
+    generate, tool_schemas = setup_tool_use(config.tools, reward_functions, config.data, tokenizer)
+    inputs = load_rl_inputs(config, tokenizer, reward_functions, output_dir, resume_from, tool_schemas)
+    if generate is not None:
+        check_tool_rewards(reward_functions, inputs.prompts)
     model = build_policy(config.model, reference_adapter=True)
     roles = SharedRoles(model, config.critic, config.reward_model)
     use_fast_paths(model, config, generates=True)
@@ -131,6 +138,7 @@ def run(config: PPOConfig) -> RunResult:
         reward_sources=reward_functions,
         samples=inputs.samples,
         task=inputs.task,
+        generate=generate,
     )
     spec = run_spec(
         config,

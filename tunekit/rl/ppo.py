@@ -35,9 +35,10 @@ from tunekit.models.logprobs import token_logps
 from tunekit.rl.evaluation import sampled_and_greedy_means
 from tunekit.rl.reward_calls import compute_rewards
 from tunekit.rl.roles import SharedRoles
-from tunekit.rl.rollout import PromptExample, Rollout, SamplingConfig, generate_rollout
+from tunekit.rl.rollout import PromptExample, Rollout, RolloutFn, SamplingConfig, generate_rollout
 from tunekit.rl.samples import SampleLog
 from tunekit.rl.task import TaskMetric
+from tunekit.rl.tool_rollout import tool_metrics
 from tunekit.train.engines import all_reduce_sum
 from tunekit.train.spec import step_result
 
@@ -111,7 +112,10 @@ class PPOTrainer:
     """Hooks for :func:`tunekit.train.runner.train`; ``roles`` switches the shared base between the four roles.
 
     ``ppo`` and ``sampling`` are the recipe's sections of those names; ``seed`` seeds the minibatch shuffles and the
-    held-out sampling, for which ``eval_batch_size`` prompts are generated at a time.
+    held-out sampling, for which ``eval_batch_size`` prompts are generated at a time. ``generate`` makes the
+    rollouts: :func:`~tunekit.rl.rollout.generate_rollout`, or a
+    :class:`~tunekit.rl.tool_rollout.ToolRollouts` whose tool messages are off the label mask, so that they get no
+    KL penalty, value target or advantage of their own (GAE steps over them, see :func:`tunekit.losses.advantages.gae`).
     """
 
     def __init__(
@@ -126,6 +130,7 @@ class PPOTrainer:
         reward_sources: list,
         samples: SampleLog,
         task: TaskMetric | None = None,
+        generate: RolloutFn | None = None,
     ) -> None:
         self.loss = ppo
         self.sampling = sampling
@@ -136,6 +141,7 @@ class PPOTrainer:
         self.reward_sources = reward_sources
         self.samples = samples
         self.task = task
+        self.generate = generate or generate_rollout
         self.kl = KLController(ppo.kl)
         self.rollout_step = -1  # the runner step whose rollouts the current experience holds
         self.stopped_early = False  # the current experience's remaining passes are skipped
@@ -178,7 +184,7 @@ class PPOTrainer:
         """The step's prompts -> one experience batch (see the module docstring)."""
         model.eval()  # old log-probs and values without dropout noise; the runner switches back to train()
         prompts = [p for batch in batches for p in batch["prompts"]]
-        rollout = generate_rollout(model, self.tokenizer, prompts, self.sampling)
+        rollout = self.generate(model, self.tokenizer, prompts, self.sampling)
         device = next(model.parameters()).device
         tensors = {name: t.to(device) for name, t in rollout.batch().items()}
         mask = tensors["labels"][:, 1:] != -100
@@ -204,11 +210,14 @@ class PPOTrainer:
             "truncated_fraction": rollout.truncated.float().mean().item(),
             "explained_variance": _explained_variance(values, returns, mask),
             **{k: v.float().mean().item() for k, v in parts.items()},
+            **tool_metrics(rollout),
         }
         self.kl.update(kl_per_completion, completions)
         self.rollout_step, self.stopped_early = step, False
-        if self.samples.due(step):
-            self.samples.write(step, rollout, score, rows=4, score_name="score")
+        written = 4 if self.samples.due(step) else 0
+        if written:
+            self.samples.write(step, rollout, score, rows=written, score_name="score")
+        self.samples.write_tool_failures(step, rollout, score, score_name="score", after=written)
         experience = {
             **tensors,
             "old_logps": old_logps,
@@ -289,6 +298,7 @@ class PPOTrainer:
             self.eval_batch_size,
             self.seed,
             lambda rollout, sampled: self._measure(model, rollout, sampled),
+            self.generate,
         )
 
     def _measure(self, model: torch.nn.Module, rollout: Rollout, sampled: bool) -> dict[str, torch.Tensor]:

@@ -89,10 +89,15 @@ class Tool:
     sandboxed: bool = True
 
 
-def load_tools(specs: list[ToolSpec]) -> list[Tool]:
-    """Load every tool up front, so that a config mistake fails before any model is loaded; two tools with one
-    name are refused (the model could not tell them apart)."""
-    tools = [load_tool(spec) for spec in specs]
+def load_tools(specs: list[ToolSpec], key: str = "tools.use") -> list[Tool]:
+    """Load every tool up front, so that a config mistake fails before any model is loaded, naming the config entry
+    (``key[i]``) at fault; two tools with one name are refused (the model could not tell them apart)."""
+    tools = []
+    for i, spec in enumerate(specs):
+        try:
+            tools.append(load_tool(spec))
+        except ConfigError as err:
+            raise ConfigError(f"{key}[{i}]: {err}") from None
     seen: dict[str, str] = {}
     for tool in tools:
         if tool.name in seen:
@@ -136,9 +141,9 @@ def check_schema(name: str, schema: Any) -> None:
         raise ConfigError(f"tool {name!r}: its schema's function.parameters must be an object with properties")
 
 
-def schemas_for(names: list[str]) -> list[dict[str, Any]]:
+def schemas_for(names: list[str], key: str = "data.tools") -> list[dict[str, Any]]:
     """The schemas of the tools ``names`` (config-level tool lists of the SFT data)."""
-    return [load_tool(ToolSpec(name=name)).schema for name in names]
+    return [tool.schema for tool in load_tools([ToolSpec(name=name) for name in names], key)]
 
 
 # ----------------------------------------------------------------------------------------------------- loading
