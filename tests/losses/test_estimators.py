@@ -8,6 +8,7 @@ from collections import defaultdict
 import pytest
 import torch
 
+from tests.losses.trl_grpo import trl_grpo_loss
 from tunekit.losses.advantages import (
     group_advantages,
     normalize_together,
@@ -111,47 +112,6 @@ def test_on_policy_sequence_ratio_gives_grpos_gradient_under_sequence_aggregatio
     assert torch.allclose(grads[0], grads[1], atol=1e-7)
 
 
-def _trl_grpo_loss(logps, old_logps, ref_logps, advantages, mask, beta, loss_type, level):
-    """TRL 1.16's GRPOTrainer._compute_loss on a stand-in trainer: the forward is stubbed to return ``logps``; the
-    ratio (token or sequence level), clipping, KL and normalisation are TRL's own code."""
-    from trl.trainer.grpo_trainer import GRPOTrainer
-
-    metrics = {"train": defaultdict(list)}
-    ns = types.SimpleNamespace
-    trainer = ns(
-        _get_per_token_logps_and_entropies=lambda *args, **kwargs: (logps, torch.zeros_like(logps), None),
-        accelerator=ns(num_processes=1, gather=lambda t: t, reduce=lambda t, reduction: t),
-        model=ns(training=True),
-        args=ns(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
-        aux_loss_enabled=False,
-        top_entropy_quantile=1.0,
-        off_policy_mask_threshold=None,
-        importance_sampling_level=level,
-        beta=beta,
-        loss_type=loss_type,
-        epsilon_low=0.2,
-        epsilon_high=0.28,
-        use_vllm=False,
-        current_gradient_accumulation_steps=1,
-        max_completion_length=logps.shape[1],
-        _entropy_bonus_enabled=False,
-        _metrics=metrics,
-    )
-    batch, width = logps.shape
-    inputs = {
-        "prompt_ids": torch.zeros(batch, 2, dtype=torch.long),
-        "prompt_mask": torch.ones(batch, 2, dtype=torch.long),
-        "completion_ids": torch.zeros(batch, width, dtype=torch.long),
-        "completion_mask": mask,
-        "advantages": advantages,
-        "old_per_token_logps": old_logps,
-        "ref_per_token_logps": ref_logps,
-        "num_items_in_batch": mask.sum(),
-    }
-    loss = GRPOTrainer._compute_loss(trainer, None, inputs)
-    return loss, metrics["train"]["clip_ratio/region_mean"][-1]
-
-
 @pytest.mark.parametrize(("aggregation", "trl_loss_type"), [("sequence", "grpo"), ("token", "dapo")])
 @pytest.mark.parametrize("beta", [0.0, 0.04])
 def test_sequence_level_ratio_matches_trl_grpo_trainer(aggregation, trl_loss_type, beta):
@@ -176,8 +136,8 @@ def test_sequence_level_ratio_matches_trl_grpo_trainer(aggregation, trl_loss_typ
         aggregation=aggregation,
         ratio_level="sequence",
     )
-    trl_loss, trl_clip = _trl_grpo_loss(
-        trl_logps, old_logps, ref_logps, advantages, mask, beta, trl_loss_type, "sequence"
+    trl_loss, trl_clip, _ = trl_grpo_loss(
+        trl_logps, old_logps, ref_logps, advantages, mask, beta=beta, loss_type=trl_loss_type, level="sequence"
     )
     ours = output.loss_sum / output.num_units
     assert torch.allclose(ours, trl_loss, atol=1e-6), (ours, trl_loss)

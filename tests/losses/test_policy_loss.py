@@ -1,10 +1,9 @@
 import math
-import types
-from collections import defaultdict
 
 import pytest
 import torch
 
+from tests.losses.trl_grpo import trl_grpo_loss
 from tunekit.losses.policy import aggregate, clipped_surrogate, count_units, grpo_loss, k3_kl, ppo_losses
 
 
@@ -116,50 +115,6 @@ def test_grpo_loss_matches_hand_derived_values():
     assert "kl" not in output.metrics
 
 
-def _trl_grpo_loss(loss_type, logps, old_logps, ref_logps, advantages, mask, beta, eps_low, eps_high, max_len):
-    """Run TRL 1.16's GRPOTrainer._compute_loss on a stand-in trainer.
-
-    Only the model forward (_get_per_token_logps_and_entropies) is stubbed, to return ``logps``; the ratio,
-    clipping, KL penalty and loss normalisation are TRL's own code. Returns (loss, clip ratio, kl metric).
-    """
-    from trl.trainer.grpo_trainer import GRPOTrainer
-
-    metrics = {"train": defaultdict(list)}
-    ns = types.SimpleNamespace
-    trainer = ns(
-        _get_per_token_logps_and_entropies=lambda *args, **kwargs: (logps, torch.zeros_like(logps), None),
-        accelerator=ns(num_processes=1, gather=lambda t: t, reduce=lambda t, reduction: t),
-        model=ns(training=True),
-        args=ns(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
-        aux_loss_enabled=False,
-        top_entropy_quantile=1.0,
-        off_policy_mask_threshold=None,
-        importance_sampling_level="token",
-        beta=beta,
-        loss_type=loss_type,
-        epsilon_low=eps_low,
-        epsilon_high=eps_high,
-        use_vllm=False,
-        current_gradient_accumulation_steps=1,
-        max_completion_length=max_len,
-        _entropy_bonus_enabled=False,
-        _metrics=metrics,
-    )
-    batch, width = logps.shape
-    inputs = {
-        "prompt_ids": torch.zeros(batch, 2, dtype=torch.long),
-        "prompt_mask": torch.ones(batch, 2, dtype=torch.long),
-        "completion_ids": torch.zeros(batch, width, dtype=torch.long),
-        "completion_mask": mask,
-        "advantages": advantages,
-        "old_per_token_logps": old_logps,
-        "ref_per_token_logps": ref_logps,
-        "num_items_in_batch": mask.sum(),
-    }
-    loss = GRPOTrainer._compute_loss(trainer, None, inputs)
-    return loss, metrics["train"]["clip_ratio/region_mean"][-1], metrics["train"]["kl"][-1] if beta else None
-
-
 @pytest.mark.parametrize(
     "aggregation,trl_loss_type", [("token", "dapo"), ("token", "bnpo"), ("sequence", "grpo"), ("dr_grpo", "dr_grpo")]
 )
@@ -189,8 +144,8 @@ def test_grpo_loss_matches_trl_grpo_trainer(aggregation, trl_loss_type, beta):
         max_tokens=max_len,
     )
     loss_sum, num_items, metrics = output.loss_sum, output.num_units, output.metrics
-    trl_loss, trl_clip, trl_kl = _trl_grpo_loss(
-        trl_loss_type, trl_logps, old_logps, ref_logps, advantages, mask, beta, 0.2, 0.28, max_len
+    trl_loss, trl_clip, trl_kl = trl_grpo_loss(
+        trl_logps, old_logps, ref_logps, advantages, mask, beta=beta, loss_type=trl_loss_type, max_len=max_len
     )
     ours = loss_sum / num_items
     assert torch.allclose(ours, trl_loss, atol=1e-6), (ours, trl_loss)

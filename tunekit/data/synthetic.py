@@ -132,12 +132,14 @@ def _big_problems(rng: random.Random, split: Split) -> Iterator[tuple[str, str, 
         a, b = rng.randint(10, 99), rng.randint(10, 99)
         if op == "-" and b > a:
             a, b = b, a
-        # The parentheses and the reply's "####<n>" make the numbers tokenize alike wherever they stand ("(60" and
-        # "\"60" give "6", "0"; " 60" gives " 6", "0"), so that copying them is the plain induction a small model learns
-        # early; with "What is 60 + 21?" the tiny model had not learned to copy after 375 SFT steps.
-        question = f"What is ({a} {op} {b})?"
+        # Written without spaces, so that every number is its digits wherever it stands: the tiny tokenizer merges
+        # " 10" to " 40" into single tokens, and "(97 - 37)" put a rare token where "(97 - 73)" puts two digits.
+        # Copying digits into the call and back into the reply is the plain induction a small model learns early;
+        # copying those rare merged tokens it did not learn (docs/results.md, tool use).
+        expression = f"{a}{op}{b}"
+        question = f"What is ({expression})?"
         if split == "all" or is_held_out(question) == (split == "held_out"):
-            yield question, f"{a} {op} {b}", BIG_OPS[op](a, b)
+            yield question, expression, BIG_OPS[op](a, b)
 
 
 def big_arithmetic_answers(n: int, seed: int = 0, split: Split = "train") -> list[dict[str, Any]]:
@@ -146,28 +148,43 @@ def big_arithmetic_answers(n: int, seed: int = 0, split: Split = "train") -> lis
     rows = []
     for _ in range(n):
         question, _, answer = next(problems)
-        rows.append(
-            {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": f"####{answer}"}]}
-        )
+        rows.append({"messages": [{"role": "user", "content": question}, _reply(answer)]})
     return rows
 
 
-def big_arithmetic_tool_transcripts(n: int, seed: int = 0, split: Split = "train") -> list[dict[str, Any]]:
+def big_arithmetic_tool_transcripts(
+    n: int, seed: int = 0, split: Split = "train", tool_share: float = 1.0
+) -> list[dict[str, Any]]:
     """``n`` chat rows that call the calculator, read its answer and reply: user, assistant tool call, tool, assistant.
-    The tool's schema is the config's to give (data.tools: [calculator])."""
-    problems = _big_problems(random.Random(seed), split)
+    With ``tool_share`` < 1, each row calls with that probability and otherwise answers at once ("####<answer>", a
+    right answer the tiny model cannot work out itself): a warm start that sometimes uses the tool, for RL to learn
+    when to. The tool's schema is the config's to give (data.tools: [calculator])."""
+    rng = random.Random(seed)
+    problems = _big_problems(rng, split)
     rows = []
     for _ in range(n):
         question, expression, answer = next(problems)
+        if rng.random() >= tool_share:
+            rows.append({"messages": [{"role": "user", "content": question}, _reply(answer)]})
+            continue
         call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": expression}}}
         messages = [
             {"role": "user", "content": question},
             {"role": "assistant", "content": "", "tool_calls": [call]},
             {"role": "tool", "name": "calculator", "content": str(answer)},
-            {"role": "assistant", "content": f"####{answer}"},
+            _reply(answer),
         ]
         rows.append({"messages": messages})
     return rows
+
+
+def big_arithmetic_half_tool_transcripts(n: int, seed: int = 0, split: Split = "train") -> list[dict[str, Any]]:
+    """:func:`big_arithmetic_tool_transcripts` with every other row, on average, answering without the tool."""
+    return big_arithmetic_tool_transcripts(n, seed, split, tool_share=0.5)
+
+
+def _reply(answer: int) -> dict[str, str]:
+    return {"role": "assistant", "content": f"####{answer}"}
 
 
 def big_arithmetic_prompts(n: int, seed: int = 0, split: Split = "train") -> list[dict[str, Any]]:
@@ -182,6 +199,7 @@ def big_arithmetic_prompts(n: int, seed: int = 0, split: Split = "train") -> lis
 SYNTHETIC_TASKS: dict[str, dict[str, Generator]] = {
     "big-arithmetic": {"sft": big_arithmetic_answers, "prompts": big_arithmetic_prompts},
     "big-arithmetic-tools": {"sft": big_arithmetic_tool_transcripts, "prompts": big_arithmetic_prompts},
+    "big-arithmetic-tools-half": {"sft": big_arithmetic_half_tool_transcripts, "prompts": big_arithmetic_prompts},
 }
 
 
