@@ -14,7 +14,7 @@ from tests.tools import scripted
 from tunekit.config import load_config
 from tunekit.recipes.grpo import GRPOConfig, run
 from tunekit.rl import tool_rollout
-from tunekit.rl.rollout import generate_rollout
+from tunekit.rl.rollout import generate_turn
 from tunekit.train.log import read_metrics
 
 ARGS = [
@@ -39,7 +39,7 @@ GLOO_START_ABORT = "terminate called without an active exception"  # see tests/d
 
 
 def test_grpo_with_tools_on_two_processes_equals_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(tool_rollout, "generate_rollout", scripted.scripted(generate_rollout))
+    monkeypatch.setattr(tool_rollout, "generate_turn", scripted.scripted(generate_turn))
     one = run(load_config(GRPOConfig, None, [f"output_dir={tmp_path / 'one'}", *ARGS, "train.micro_batch_size=2"]))
     assert any(r.get("tool_calls") for r in one.history)  # the scripted rows did call the calculator
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from tunekit.fast.decode import Sampler, decode, lean_decoder
+from tunekit.fast.decode import Sampler, decode, decode_turn, lean_decoder
 from tunekit.fast.packed_decode import packed_linears
 from tunekit.models.adapters import AdapterConfig, apply_adapter
 from tunekit.models.load import ModelConfig, load_model
@@ -268,3 +268,52 @@ def test_compiled_steps_give_eager_tokens_and_compile_once_per_row_count(method,
     assert graphs[0] > 0
     assert graphs[1] == graphs[0]  # a new prompt width: no new graph
     assert graphs[3] == graphs[2]  # back to a row count seen before: no new graph
+
+
+class Recording:
+    """Greedy, keeping the logits of every step: [N, V] each."""
+
+    def __init__(self):
+        self.logits = []
+
+    def __call__(self, logits):
+        self.logits.append(logits.clone())
+        return logits.argmax(dim=-1)
+
+
+def left_pad(rows, pad):
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-mistral"])
+def test_a_turn_that_goes_on_from_the_kv_context_equals_one_that_reads_it_all_again(name, tokenizer):
+    # Turn 1: three prompts, two completions each, cut to ragged kept lengths (as a rollout cuts at EOS). Turn 2
+    # for rows 4, 0 and 3: new tokens of different lengths after each row's kept context. Going on from the cache
+    # must give the logits of prefilling prompt + kept tokens + new tokens from scratch.
+    model = adapted(name)
+    pad = tokenizer.pad_token_id
+    ids, mask = prompts(tokenizer)
+    lean = lean_decoder(model, 64)
+    first, context = decode_turn(lean, ids, mask, 2, NEW, Sampler(temperature=0), (), pad)
+    kept = torch.tensor([10, 4, 7, 10, 1, 6])
+    context = context.keep(kept)
+    chosen = [4, 0, 3]
+    after = [[17, 23, 5], [9], [40, 41, 42, 43, 44]]
+    suffix_ids, suffix_mask = left_pad(after, pad)
+    resumed = Recording()
+    ours, _ = decode_turn(
+        lean, suffix_ids, suffix_mask, 1, 6, resumed, (), pad, past=context.rows(torch.tensor(chosen))
+    )
+    whole = []
+    for row, extra in zip(chosen, after, strict=True):
+        prompt = ids[row // 2][mask[row // 2].bool()].tolist()
+        whole.append(prompt + first[row, : kept[row]].tolist() + extra)
+    whole_ids, whole_mask = left_pad(whole, pad)
+    again = Recording()
+    reference = decode(lean, whole_ids, whole_mask, 1, 6, again, (), pad)
+    assert torch.equal(ours, reference)
+    for step, (a, b) in enumerate(zip(resumed.logits, again.logits, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"step {step}")

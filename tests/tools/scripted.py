@@ -18,8 +18,12 @@ FIRST_TURNS: list[str | None] = []  # per row (cycled): the first turn's text, N
 
 
 def scripted(real):
-    def generate(model, tokenizer, prompts, sampling):
-        out = real(model, tokenizer, prompts, sampling)
+    """``real`` (tunekit.rl.rollout.generate_turn) with the first turns rewritten. It returns no KV context: the cache
+    holds what the model sampled, not the script, so later turns read their whole context."""
+
+    def generate(model, tokenizer, prompts, sampling, past=None, keep_context=False):
+        assert past is None
+        out, _ = real(model, tokenizer, prompts, sampling)
         labels, texts, truncated = [], [], out.truncated.clone()
         for k in range(len(out.completions)):
             prompt = prompts[k // sampling.num_generations]
@@ -33,7 +37,7 @@ def scripted(real):
             labels.append(torch.tensor(ids))
             texts.append(text)
             truncated[k] = False  # a scripted turn ends with its EOS
-        return SimpleNamespace(labels=labels, completions=texts, truncated=truncated)
+        return SimpleNamespace(labels=labels, completions=texts, truncated=truncated), None
 
     return generate
 
@@ -48,7 +52,7 @@ def _first_turn(k: int, context: str) -> str | None:
 
 
 def install() -> None:
-    tool_rollout.generate_rollout = scripted(tool_rollout.generate_rollout)
+    tool_rollout.generate_turn = scripted(tool_rollout.generate_turn)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ from tunekit.config import load_config
 from tunekit.losses.sft import IGNORE_INDEX
 from tunekit.recipes import ppo
 from tunekit.rl import tool_rollout
-from tunekit.rl.rollout import generate_rollout
+from tunekit.rl.rollout import generate_turn
 from tunekit.train.experience import EXPERIENCE_FILE
 
 
 def test_ppo_with_tools_trains_both_turns_and_never_the_tools_tokens(tmp_path, monkeypatch):
-    monkeypatch.setattr(tool_rollout, "generate_rollout", scripted.scripted(generate_rollout))
+    monkeypatch.setattr(tool_rollout, "generate_turn", scripted.scripted(generate_turn))
     out = tmp_path / "ppo"
     overrides = [
         f"output_dir={out}",

@@ -19,7 +19,7 @@ from tunekit.recipes.grpo import GRPOConfig, run
 from tunekit.rl import tool_rollout
 from tunekit.rl.grpo import GRPOLossConfig, GRPOTrainer
 from tunekit.rl.rewards import RewardFunctionError
-from tunekit.rl.rollout import SamplingConfig, generate_rollout
+from tunekit.rl.rollout import SamplingConfig, generate_turn
 from tunekit.rl.tool_rollout import ToolRollouts
 from tunekit.tools.registry import ToolsConfig, ToolSpec, load_tools
 
@@ -41,7 +41,7 @@ def tool_rollout_of(policy, first_turns, max_turns=3, group=2, max_new_tokens=4,
     text = render_chat(QUESTION, tokenizer, add_generation_prompt=True, tools=schemas)
     prompt = PromptExample(text, tokenizer(text, add_special_tokens=False)["input_ids"], {"answer": "5555"}, 7)
     monkeypatch.setattr(scripted, "FIRST_TURNS", first_turns)
-    monkeypatch.setattr(tool_rollout, "generate_rollout", scripted.scripted(generate_rollout))
+    monkeypatch.setattr(tool_rollout, "generate_turn", scripted.scripted(generate_turn))
     sampling = SamplingConfig(num_generations=group, max_new_tokens=max_new_tokens, temperature=0)
     torch.manual_seed(0)
     return ToolRollouts(config, tools, tokenizer)(model, tokenizer, [prompt], sampling), schemas
@@ -138,7 +138,7 @@ def grpo_tools(out, *overrides):
 
 
 def test_grpo_with_tools_logs_calls_and_resumes_exactly_between_the_passes_of_a_batch(tmp_path, monkeypatch):
-    monkeypatch.setattr(tool_rollout, "generate_rollout", scripted.scripted(generate_rollout))
+    monkeypatch.setattr(tool_rollout, "generate_turn", scripted.scripted(generate_turn))
     common = ["loss.passes=2", "max_steps=4", "train.save_every=1", "train.keep_checkpoints=0", "train.lr=1e-2"]
     common += ["train.eval_every=0", "train.micro_batch_size=1", "data.synthetic_size=4"]
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
@@ -161,7 +161,7 @@ def test_a_failing_call_is_logged_at_every_step(tmp_path, monkeypatch):
     monkeypatch.setattr(
         scripted, "FIRST_TURNS", ['<tool_call>{"name": "python", "arguments": {"code": "1/0"}}</tool_call>', None]
     )
-    monkeypatch.setattr(tool_rollout, "generate_rollout", scripted.scripted(generate_rollout))
+    monkeypatch.setattr(tool_rollout, "generate_turn", scripted.scripted(generate_turn))
     out = tmp_path / "grpo"
     result = run(grpo_tools(out, "max_steps=2", "sample_every=0", "train.eval_every=2"))
     assert "eval/greedy/task/math_correct" in result.history[-1]  # held-out rollouts call tools too

@@ -26,6 +26,7 @@ columns (left-padded), M = max_new_tokens, D the head dimension.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -147,6 +148,47 @@ def _cache_argument(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+@dataclass
+class KVContext:
+    """What a decode read and wrote, for a later decode of the same rows to go on from without reading those tokens
+    again (a multi-turn rollout: the tools' answers, then the policy's next turn). N rows, C columns:
+
+    - ``keys``, ``values``: one [N, H_kv, C, D] tensor each per layer (rotary applied), as the decode left them;
+    - ``visible``: [N, C] bool, the columns holding the row's own tokens (not padding, and after :meth:`keep`, not
+      what the row sampled or was fed after the end its rollout kept);
+    - ``next_position``: [N], the position the row's next token takes;
+    - ``start``, ``first_position`` [N]: the column and the position of the first generated token.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    visible: torch.Tensor
+    next_position: torch.Tensor
+    start: int
+    first_position: torch.Tensor
+
+    def keep(self, lengths: torch.Tensor) -> KVContext:
+        """The context with only the first ``lengths`` [N] generated tokens of each row in it (what the rollout kept
+        of them: through the end token or the stop string)."""
+        lengths = lengths.to(self.visible.device)
+        columns = torch.arange(self.visible.shape[1] - self.start, device=self.visible.device)
+        generated = columns[None, :] < lengths[:, None]
+        visible = torch.cat([self.visible[:, : self.start], generated], dim=1)
+        return dataclasses.replace(self, visible=visible, next_position=self.first_position + lengths)
+
+    def rows(self, index: torch.Tensor) -> KVContext:
+        """The context of rows ``index`` [K] only."""
+        index = index.to(self.visible.device)
+        return KVContext(
+            [k[index] for k in self.keys],
+            [v[index] for v in self.values],
+            self.visible[index],
+            self.next_position[index],
+            self.start,
+            self.first_position[index],
+        )
+
+
 @torch.no_grad()
 def decode(
     model: torch.nn.Module,
@@ -171,14 +213,72 @@ def decode(
     :func:`tunekit.fast.packed_decode.packed_linears`); modules not in it are called as they are. ``compiled`` runs the
     decode steps through :func:`compiled_step`.
     """
+    settings = (sampler, eos_token_ids, pad_token_id, finished_by, linears, compiled)
+    return _decode(model, prompt_ids, prompt_mask, group, max_new_tokens, *settings, past=None, keep=False)[0]
+
+
+@torch.no_grad()
+def decode_turn(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    group: int,
+    max_new_tokens: int,
+    sampler: Sampler,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+    finished_by: Callable[[list[int]], bool] | None = None,
+    linears: dict[Projections, Projection] | None = None,
+    compiled: bool = False,
+    past: KVContext | None = None,
+) -> tuple[torch.Tensor, KVContext]:
+    """:func:`decode`, going on from ``past`` when given, and returning the context a later turn goes on from.
+
+    With ``past`` (N rows, ``group`` 1), ``prompt_ids`` [N, W] are the tokens that follow each row's context (a
+    tool's answer and the next turn's header, left-padded): only they are prefilled, attending to the context's
+    visible columns, at positions that go on from its ``next_position``. The returned context holds the past, these
+    tokens and every generated one (the last one fed too, so that it is in the cache); the caller cuts it to what
+    its rollout kept with :meth:`KVContext.keep`.
+    """
+    settings = (sampler, eos_token_ids, pad_token_id, finished_by, linears, compiled)
+    tokens, context = _decode(model, prompt_ids, prompt_mask, group, max_new_tokens, *settings, past=past, keep=True)
+    assert context is not None
+    return tokens, context
+
+
+def _decode(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    group: int,
+    max_new_tokens: int,
+    sampler: Sampler,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+    finished_by: Callable[[list[int]], bool] | None,
+    linears: dict[Projections, Projection] | None,
+    compiled: bool,
+    *,
+    past: KVContext | None,
+    keep: bool,
+) -> tuple[torch.Tensor, KVContext | None]:
     table = linears or {}
     step_logits = compiled_step() if compiled else _next_logits
-    rows, width = prompt_ids.shape[0] * group, prompt_ids.shape[1]
+    rows = prompt_ids.shape[0] * group
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     prefill = DynamicCache()
+    mask = prompt_mask
+    if past is not None:
+        if group != 1:
+            raise ValueError(f"a decode that goes on from a context samples one completion per row, not {group}")
+        positions = positions + past.next_position[:, None]
+        for layer, (keys, values) in enumerate(zip(past.keys, past.values, strict=True)):
+            prefill.update(keys, values, layer)
+        mask = torch.cat([past.visible.to(prompt_mask.dtype), prompt_mask], dim=1)
+    width = mask.shape[1]  # the cache's columns before the first generated token
     out = model(
         input_ids=prompt_ids,
-        attention_mask=prompt_mask,
+        attention_mask=mask,
         position_ids=positions,
         use_cache=True,
         logits_to_keep=1,
@@ -194,9 +294,10 @@ def decode(
                 torch._dynamo.maybe_mark_dynamic(tensor, 2)
     # [N, 1, 1, W + M]: attend to the real prompt tokens and to every generated one (a finished row's pad tokens
     # are attended to as well; nothing reads that row's output any more).
-    visible = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], max_new_tokens)], dim=1)
+    visible = torch.cat([mask, mask.new_ones(mask.shape[0], max_new_tokens)], dim=1)
     visible = visible.bool().repeat_interleave(group, dim=0)[:, None, None, :]
     position = positions[:, -1:].repeat_interleave(group, dim=0)  # [N, 1]
+    first_position = position[:, 0] + 1
     finished = torch.zeros(rows, dtype=torch.bool, device=prompt_ids.device)
     ends = torch.tensor(list(eos_token_ids), dtype=torch.long, device=prompt_ids.device)
     generated: list[torch.Tensor] = []
@@ -212,7 +313,22 @@ def decode(
         position = position + 1
         column = width + step  # where this token's keys and values go
         logits = step_logits(model, table, cache, token, position, visible[..., : column + 1], column)
-    return torch.stack(generated, dim=1)
+    tokens = torch.stack(generated, dim=1)
+    if not keep:
+        return tokens, None
+    # The last token sampled has not been fed yet; feeding it puts its keys and values in the context.
+    column = width + len(generated) - 1
+    step_logits(model, table, cache, generated[-1], position + 1, visible[..., : column + 1], column)
+    used = column + 1
+    context = KVContext(
+        keys=[buffer.keys[:, :, :used] for buffer in cache],
+        values=[buffer.values[:, :, :used] for buffer in cache],
+        visible=visible[:, 0, 0, :used],
+        next_position=first_position + len(generated),
+        start=width,
+        first_position=first_position,
+    )
+    return tokens, context
 
 
 def _check(finished: torch.Tensor, finished_by: Callable[[list[int]], bool], tokens: torch.Tensor) -> torch.Tensor:

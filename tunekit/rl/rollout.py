@@ -19,7 +19,7 @@ import torch
 from tunekit.data.prompts import PromptExample
 from tunekit.errors import require
 from tunekit.fast import COMPILED, fast_paths_of
-from tunekit.fast.decode import Sampler, decode, rollout_decoder
+from tunekit.fast.decode import KVContext, Sampler, decode, decode_turn, rollout_decoder
 from tunekit.fast.packed_decode import packed_linears
 from tunekit.losses.sft import IGNORE_INDEX
 from tunekit.models.reference import unwrap
@@ -86,6 +86,23 @@ def generate_rollout(
     model: torch.nn.Module, tokenizer: Any, prompts: list[PromptExample], sampling: SamplingConfig
 ) -> Rollout:
     """Sample ``sampling.num_generations`` completions for each prompt."""
+    return generate_turn(model, tokenizer, prompts, sampling)[0]
+
+
+def generate_turn(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: list[PromptExample],
+    sampling: SamplingConfig,
+    past: KVContext | None = None,
+    keep_context: bool = False,
+) -> tuple[Rollout, KVContext | None]:
+    """:func:`generate_rollout`, going on from ``past`` (one row per prompt, whose ``prompt_ids`` are then the tokens
+    that follow that row's context) and returning, with ``keep_context``, the KV context a later turn goes on from
+    (its N rows cut to the completions kept). The context is None, and ``past`` must be None, where the rollout goes
+    through ``transformers``' ``generate`` (no own decoder): a multi-turn caller then prefills each turn's whole
+    context.
+    """
     group = sampling.num_generations
     rows = [p for p in prompts for _ in range(group)]
     width = max(len(p.prompt_ids) for p in prompts)
@@ -96,23 +113,28 @@ def generate_rollout(
     was_training = generator.training
     generator.eval()
     ends = end_token_ids(generator, tokenizer)
-    lean = rollout_decoder(generator, width + sampling.max_new_tokens)
+    total = width + sampling.max_new_tokens + (past.visible.shape[1] if past is not None else 0)
+    lean = rollout_decoder(generator, total)
+    context = None
     if lean is not None:
         paths = fast_paths_of(generator)
-        completions = decode(
-            lean,
-            prompt_ids.to(device),
-            prompt_mask.to(device),
-            group,
-            sampling.max_new_tokens,
+        settings = (
             Sampler(sampling.temperature, sampling.top_k, sampling.top_p),
             ends,
             pad,
             _stop_check(tokenizer, sampling.stop_strings),
             packed_linears(lean, len(rows)) if paths.uses("packed-decode") else None,
-            compiled=paths.uses(COMPILED),
-        ).cpu()
+            paths.uses(COMPILED),
+        )
+        ids, mask = prompt_ids.to(device), prompt_mask.to(device)
+        if past is not None or keep_context:
+            completions, context = decode_turn(lean, ids, mask, group, sampling.max_new_tokens, *settings, past=past)
+        else:
+            completions = decode(lean, ids, mask, group, sampling.max_new_tokens, *settings)
+        completions = completions.cpu()
     else:
+        if past is not None:
+            raise ValueError("a rollout through transformers' generate cannot go on from a KV context")
         completions = generate_with_transformers(generator, tokenizer, prompt_ids, prompt_mask, group, sampling, ends)
     generator.train(was_training)
     prompt_ids = prompt_ids.repeat_interleave(group, dim=0)
@@ -130,7 +152,7 @@ def generate_rollout(
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     labels[:, width:] = torch.where(completion_mask, completions, IGNORE_INDEX)
     columns = {key: [p.columns[key] for p in rows] for key in rows[0].columns}
-    return Rollout(
+    rollout = Rollout(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
@@ -142,6 +164,7 @@ def generate_rollout(
         columns=columns,
         prompt_index=[p.index for p in rows],
     )
+    return rollout, context.keep(rollout.completion_lengths) if context is not None else None
 
 
 def left_padded(prompts: list[PromptExample], width: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,8 +6,10 @@ The result is an ordinary :class:`~tunekit.rl.rollout.Rollout` (N = P * G rows),
 advantages take it unchanged: the trajectory after the prompt holds the policy's tokens (labelled: trained) and the
 tools' messages with the template's turn headers (``IGNORE_INDEX``: neither in the policy loss nor in the KL, since
 both are taken over the label mask). Each turn is sampled with the KV-cached generation of
-:func:`~tunekit.rl.rollout.generate_rollout`; a later turn prefills its whole context again (no cache is carried
-across turns: on the CPU the prefill is a small share of a turn, see docs/tools.md).
+:func:`~tunekit.rl.rollout.generate_turn`, and the cache is carried from turn to turn: a later turn reads only the
+tools' answers and its header, attending to the keys and values of everything before (the rows that called are
+taken out of the cache, the others dropped). Where the rollout goes through ``transformers``' ``generate`` instead
+of tunekit's own decoder, a later turn prefills its whole context again.
 
 The rollout's extra columns reach reward functions as keyword arguments, beside the data's:
 
@@ -30,7 +32,7 @@ from tunekit.errors import ConfigError
 from tunekit.losses.sft import IGNORE_INDEX
 from tunekit.rl.reward_calls import check_reward_columns
 from tunekit.rl.rewards import RewardSource
-from tunekit.rl.rollout import Rollout, SamplingConfig, generate_rollout
+from tunekit.rl.rollout import Rollout, SamplingConfig, generate_turn
 from tunekit.tools.calls import CallResult, parse_tool_calls
 from tunekit.tools.registry import Tool, ToolsConfig, load_tools
 from tunekit.tools.sandbox import Limits, run_calls
@@ -69,15 +71,23 @@ class ToolRollouts:
     ) -> Rollout:
         group = sampling.num_generations
         rows = [_Row(list(p.prompt_ids)) for p in prompts for _ in range(group)]
-        first = generate_rollout(model, tokenizer, prompts, sampling)
-        active = self._take_turn(rows, list(range(len(rows))), first)
+        more = self.config.max_turns > 1
+        first, context = generate_turn(model, tokenizer, prompts, sampling, keep_context=more)
+        held = list(range(len(rows)))  # the rows the KV context holds, in its order
+        active = self._take_turn(rows, held, first)
         one_each = SamplingConfig(**{**vars(sampling), "num_generations": 1})
-        for _ in range(1, self.config.max_turns):
-            active = self._answer_calls(rows, active, tokenizer)
+        for turn_number in range(1, self.config.max_turns):
             if not active:
                 break
-            contexts = [PromptExample("", rows[r].prompt_ids + rows[r].ids, {}, 0) for r in active]
-            turn = generate_rollout(model, tokenizer, contexts, one_each)
+            answers = self._answer_calls(rows, active, tokenizer)
+            if context is not None:  # only the tools' answers are read; the rest is in the cache
+                context = context.rows(torch.tensor([held.index(r) for r in active]))
+                contexts = [PromptExample("", ids, {}, 0) for ids in answers]
+            else:  # no own decoder: each turn reads its whole context
+                contexts = [PromptExample("", rows[r].prompt_ids + rows[r].ids, {}, 0) for r in active]
+            more = turn_number < self.config.max_turns - 1
+            turn, context = generate_turn(model, tokenizer, contexts, one_each, context, keep_context=more)
+            held = active
             active = self._take_turn(rows, active, turn)
         rollout = _assemble(rows, [p for p in prompts for _ in range(group)], tokenizer.pad_token_id)
         rollout.columns["tool_cost"] = [self.cost(row.calls) for row in rows]
@@ -99,11 +109,12 @@ class ToolRollouts:
                 still.append(r)
         return still
 
-    def _answer_calls(self, rows: list[_Row], active: list[int], tokenizer: Any) -> list[int]:
+    def _answer_calls(self, rows: list[_Row], active: list[int], tokenizer: Any) -> list[list[int]]:
         """Run the calls of every active row's last turn (all rows' calls at once, in parallel) and append the tool
-        messages with the next turn's header, untrained."""
+        messages with the next turn's header, untrained; returns those tokens, a list per active row."""
         calls = [(r, call) for r in active for call in parse_tool_calls(rows[r].last_turn)]
         results = run_calls([c for _, c in calls], self.tools, self.limits, self.config.parallel_calls)
+        appended = []
         for r in active:
             mine = [result for (row, _), result in zip(calls, results, strict=True) if row == r]
             rows[r].calls += mine
@@ -112,7 +123,8 @@ class ToolRollouts:
             rows[r].ids += ids
             rows[r].trained += [False] * len(ids)
             rows[r].texts.append(text)
-        return active
+            appended.append(ids)
+        return appended
 
     def _tool_turns(self, results: list[CallResult], tokenizer: Any) -> str:
         """The template's rendering of the tool messages and the next assistant header, after an assistant turn."""
