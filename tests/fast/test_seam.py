@@ -98,8 +98,8 @@ def test_a_rollout_the_own_decoder_cannot_take_says_so_once(capsys, monkeypatch)
     ids = tokenizer("3 + 4 =")["input_ids"]
     prompts = [PromptExample(prompt="3 + 4 =", prompt_ids=ids, columns={}, index=0)]
     used = []
-    real = decode.decode
-    monkeypatch.setattr("tunekit.rl.rollout.decode", lambda *a, **k: used.append(1) or real(*a, **k))
+    real = decode.decode_turn
+    monkeypatch.setattr("tunekit.rl.rollout.decode_turn", lambda *a, **k: used.append(1) or real(*a, **k))
     for _ in range(2):
         generate_rollout(model, tokenizer, prompts, SamplingConfig(num_generations=2, max_new_tokens=6))
     assert not used  # transformers' generate ran both rollouts

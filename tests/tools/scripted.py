@@ -13,6 +13,18 @@ import torch
 
 from tunekit.rl import tool_rollout
 
+# A tiny LoRA run of an RL recipe on the generated tool task: 8 prompts, 2 a step, 2 completions of 6 tokens each.
+TINY_TOOL_RUN = [
+    "model.path=tiny-llama",
+    "model.adapter.method=lora",
+    "train.progress=false",
+    "data.path=synthetic:big-arithmetic-tools",
+    "data.synthetic_size=8",
+    "data.max_eval_examples=2",
+    "train.micro_batch_size=2",
+    "sampling.num_generations=2",
+    "sampling.max_new_tokens=6",
+]
 CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "%s"}}</tool_call>'
 FIRST_TURNS: list[str | None] = []  # per row (cycled): the first turn's text, None for the model's own
 

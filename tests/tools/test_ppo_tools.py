@@ -19,24 +19,16 @@ def test_ppo_with_tools_trains_both_turns_and_never_the_tools_tokens(tmp_path, m
     out = tmp_path / "ppo"
     overrides = [
         f"output_dir={out}",
-        "model.path=tiny-llama",
-        "model.adapter.method=lora",
+        *scripted.TINY_TOOL_RUN,
         "reward_model=null",
         "rewards=[{name: 'reward_models/tools.py:final_answer_correct'}]",
         "tools.use=[{name: calculator}]",
-        "data.path=synthetic:big-arithmetic-tools",
-        "data.synthetic_size=8",
-        "data.max_eval_examples=2",
-        "train.micro_batch_size=2",
-        "sampling.num_generations=2",
-        "sampling.max_new_tokens=6",
         "ppo.epochs=1",
         "ppo.minibatches=2",
         "max_steps=2",
         "train.save_every=1",
         "train.keep_checkpoints=0",
         "train.eval_every=2",
-        "train.progress=false",
         "sample_every=1",
     ]
     result = ppo.run(load_config(ppo.PPOConfig, None, overrides))

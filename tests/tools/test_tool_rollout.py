@@ -120,15 +120,7 @@ def test_tool_tokens_carry_no_gradient_in_the_loss_or_the_kl(policy, monkeypatch
 
 def grpo_tools(out, *overrides):
     fast = [
-        "model.path=tiny-llama",
-        "model.adapter.method=lora",
-        "train.progress=false",
-        "data.path=synthetic:big-arithmetic-tools",
-        "data.synthetic_size=8",
-        "data.max_eval_examples=2",
-        "train.micro_batch_size=2",
-        "sampling.num_generations=2",
-        "sampling.max_new_tokens=6",
+        *scripted.TINY_TOOL_RUN,
         "tools.use=[{name: calculator, cost: 0.25}, {name: python}]",
         "rewards=[{name: 'reward_models/tools.py:final_answer_correct'}, "
         "{name: length_penalty, kwargs: {target_chars: 8}}]",

@@ -214,7 +214,7 @@ def decode(
     decode steps through :func:`compiled_step`.
     """
     settings = (sampler, eos_token_ids, pad_token_id, finished_by, linears, compiled)
-    return _decode(model, prompt_ids, prompt_mask, group, max_new_tokens, *settings, past=None, keep=False)[0]
+    return decode_turn(model, prompt_ids, prompt_mask, group, max_new_tokens, *settings, keep_context=False)[0]
 
 
 @torch.no_grad()
@@ -231,8 +231,10 @@ def decode_turn(
     linears: dict[Projections, Projection] | None = None,
     compiled: bool = False,
     past: KVContext | None = None,
-) -> tuple[torch.Tensor, KVContext]:
-    """:func:`decode`, going on from ``past`` when given, and returning the context a later turn goes on from.
+    keep_context: bool = True,
+) -> tuple[torch.Tensor, KVContext | None]:
+    """:func:`decode`, going on from ``past`` when given, and returning the context a later turn goes on from (None
+    without ``keep_context``).
 
     With ``past`` (N rows, ``group`` 1), ``prompt_ids`` [N, W] are the tokens that follow each row's context (a
     tool's answer and the next turn's header, left-padded): only they are prefilled, attending to the context's
@@ -240,28 +242,6 @@ def decode_turn(
     tokens and every generated one (the last one fed too, so that it is in the cache); the caller cuts it to what
     its rollout kept with :meth:`KVContext.keep`.
     """
-    settings = (sampler, eos_token_ids, pad_token_id, finished_by, linears, compiled)
-    tokens, context = _decode(model, prompt_ids, prompt_mask, group, max_new_tokens, *settings, past=past, keep=True)
-    assert context is not None
-    return tokens, context
-
-
-def _decode(
-    model: torch.nn.Module,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    group: int,
-    max_new_tokens: int,
-    sampler: Sampler,
-    eos_token_ids: Sequence[int],
-    pad_token_id: int,
-    finished_by: Callable[[list[int]], bool] | None,
-    linears: dict[Projections, Projection] | None,
-    compiled: bool,
-    *,
-    past: KVContext | None,
-    keep: bool,
-) -> tuple[torch.Tensor, KVContext | None]:
     table = linears or {}
     step_logits = compiled_step() if compiled else _next_logits
     rows = prompt_ids.shape[0] * group
@@ -314,7 +294,7 @@ def _decode(
         column = width + step  # where this token's keys and values go
         logits = step_logits(model, table, cache, token, position, visible[..., : column + 1], column)
     tokens = torch.stack(generated, dim=1)
-    if not keep:
+    if not keep_context:
         return tokens, None
     # The last token sampled has not been fed yet; feeding it puts its keys and values in the context.
     column = width + len(generated) - 1

@@ -19,7 +19,7 @@ import torch
 from tunekit.data.prompts import PromptExample
 from tunekit.errors import require
 from tunekit.fast import COMPILED, fast_paths_of
-from tunekit.fast.decode import KVContext, Sampler, decode, decode_turn, rollout_decoder
+from tunekit.fast.decode import KVContext, Sampler, decode_turn, rollout_decoder
 from tunekit.fast.packed_decode import packed_linears
 from tunekit.losses.sft import IGNORE_INDEX
 from tunekit.models.reference import unwrap
@@ -127,10 +127,8 @@ def generate_turn(
             paths.uses(COMPILED),
         )
         ids, mask = prompt_ids.to(device), prompt_mask.to(device)
-        if past is not None or keep_context:
-            completions, context = decode_turn(lean, ids, mask, group, sampling.max_new_tokens, *settings, past=past)
-        else:
-            completions = decode(lean, ids, mask, group, sampling.max_new_tokens, *settings)
+        new = sampling.max_new_tokens
+        completions, context = decode_turn(lean, ids, mask, group, new, *settings, past=past, keep_context=keep_context)
         completions = completions.cpu()
     else:
         if past is not None:
