@@ -11,6 +11,7 @@ from tunekit.recipes.eval import EvalConfig
 from tunekit.recipes.generate import GenerateConfig
 from tunekit.recipes.grpo import GRPOConfig
 from tunekit.recipes.kto import KTOConfig
+from tunekit.recipes.ppo import PPOConfig
 from tunekit.recipes.pretrain import PretrainConfig
 from tunekit.recipes.reward import RewardConfig
 from tunekit.recipes.sft import SFTConfig
@@ -23,6 +24,7 @@ SCHEMAS = {
     "dpo": DPOConfig,
     "kto": KTOConfig,
     "grpo": GRPOConfig,
+    "ppo": PPOConfig,
     "eval": EvalConfig,
     "distill": DistillConfig,
     "generate": GenerateConfig,
