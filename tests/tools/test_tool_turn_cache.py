@@ -9,6 +9,7 @@ from tunekit.data.prompts import PromptExample
 from tunekit.fast import FastPathConfig, enable_fast_paths
 from tunekit.fast.decode import Sampler
 from tunekit.models.load import ModelConfig, load_model, load_tokenizer
+from tunekit.models.tiny import tiny_model_path
 from tunekit.rl import rollout as rollout_module
 from tunekit.rl import tool_rollout
 from tunekit.rl.rollout import SamplingConfig, generate_turn
@@ -32,9 +33,11 @@ class Forcing:
         return tokens
 
 
-def rollouts(monkeypatch, tiny_llama_path, reuse):
-    tokenizer = load_tokenizer(tiny_llama_path)
-    model = load_model(ModelConfig(path=tiny_llama_path)).eval()
+def rollouts(monkeypatch, path, reuse, sliding_window=None):
+    tokenizer = load_tokenizer(path)
+    model = load_model(ModelConfig(path=path)).eval()
+    if sliding_window is not None:
+        model.config.sliding_window = sliding_window
     torch.manual_seed(0)
     with torch.no_grad():  # weights moved off their init, so that greedy text depends on what came before
         for param in model.parameters():
@@ -78,3 +81,16 @@ def test_later_turns_that_go_on_from_the_cache_equal_turns_that_read_everything_
     assert cached.completions == again.completions
     for name in ("input_ids", "attention_mask", "labels"):
         assert torch.equal(getattr(cached, name), getattr(again, name)), name
+
+
+def test_a_later_turn_past_the_sliding_window_reads_its_whole_context_through_generate(monkeypatch, capsys):
+    # A window of 130 covers the first turn (about 110 positions) but not the second: that turn cannot go on from the
+    # cache on tunekit's decoder, which does not model the window, and is read again through generate instead.
+    path = str(tiny_model_path("tiny-mistral"))
+    cached = rollouts(monkeypatch, path, reuse=True, sliding_window=130)
+    monkeypatch.undo()
+    again = rollouts(monkeypatch, path, reuse=False, sliding_window=130)
+    assert cached.columns["tool_calls"][0][0]["output"] == "408"
+    assert "the sliding window (130) is shorter" in capsys.readouterr().err
+    assert cached.completions == again.completions
+    assert torch.equal(cached.input_ids, again.input_ids)

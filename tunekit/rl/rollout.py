@@ -89,6 +89,20 @@ def generate_rollout(
     return generate_turn(model, tokenizer, prompts, sampling)[0]
 
 
+def continues(model: torch.nn.Module, past: KVContext, width: int, sampling: SamplingConfig) -> bool:
+    """Whether a turn of ``width`` more prompt tokens can go on from ``past``: tunekit's own decoder still covers the
+    rollout at the positions it reaches (a sliding window shorter than them does not). Where not, the caller reads
+    the turn's whole context through ``generate`` instead."""
+    return rollout_decoder(unwrap(model), _furthest_position(past, width, sampling)) is not None
+
+
+def _furthest_position(past: KVContext | None, width: int, sampling: SamplingConfig) -> int:
+    """How many positions a turn of ``width`` prompt columns reaches: the context's real tokens (not its columns,
+    which count padding and what rows sampled after they ended), the prompt, and ``max_new_tokens``."""
+    before = int(past.next_position.max()) if past is not None else 0
+    return before + width + sampling.max_new_tokens
+
+
 def generate_turn(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -113,8 +127,7 @@ def generate_turn(
     was_training = generator.training
     generator.eval()
     ends = end_token_ids(generator, tokenizer)
-    total = width + sampling.max_new_tokens + (past.visible.shape[1] if past is not None else 0)
-    lean = rollout_decoder(generator, total)
+    lean = rollout_decoder(generator, _furthest_position(past, width, sampling))
     context = None
     if lean is not None:
         paths = fast_paths_of(generator)
@@ -132,7 +145,7 @@ def generate_turn(
         completions = completions.cpu()
     else:
         if past is not None:
-            raise ValueError("a rollout through transformers' generate cannot go on from a KV context")
+            raise ValueError("a rollout through transformers' generate cannot go on from a KV context (see continues)")
         completions = generate_with_transformers(generator, tokenizer, prompt_ids, prompt_mask, group, sampling, ends)
     generator.train(was_training)
     prompt_ids = prompt_ids.repeat_interleave(group, dim=0)

@@ -32,7 +32,7 @@ from tunekit.errors import ConfigError
 from tunekit.losses.sft import IGNORE_INDEX
 from tunekit.rl.reward_calls import check_reward_columns
 from tunekit.rl.rewards import RewardSource
-from tunekit.rl.rollout import Rollout, SamplingConfig, generate_turn
+from tunekit.rl.rollout import Rollout, SamplingConfig, continues, generate_turn
 from tunekit.tools.calls import CallResult, parse_tool_calls
 from tunekit.tools.registry import Tool, ToolsConfig, load_tools
 from tunekit.tools.sandbox import Limits, run_calls
@@ -80,10 +80,12 @@ class ToolRollouts:
             if not active:
                 break
             answers = self._answer_calls(rows, active, tokenizer)
-            if context is not None:  # only the tools' answers are read; the rest is in the cache
+            if context is not None and continues(model, context, max(map(len, answers)), one_each):
+                # Only the tools' answers are read; the rest is in the cache.
                 context = context.rows(torch.tensor([held.index(r) for r in active]))
                 contexts = [PromptExample("", ids, {}, 0) for ids in answers]
-            else:  # no own decoder: each turn reads its whole context
+            else:  # no own decoder (or not for this long a context): the turn reads its whole context
+                context = None
                 contexts = [PromptExample("", rows[r].prompt_ids + rows[r].ids, {}, 0) for r in active]
             more = turn_number < self.config.max_turns - 1
             turn, context = generate_turn(model, tokenizer, contexts, one_each, context, keep_context=more)
