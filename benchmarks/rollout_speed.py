@@ -25,8 +25,9 @@ from workload import grpo_data_config, model_path, workload  # noqa: E402
 from tunekit.config import from_dict  # noqa: E402
 from tunekit.data.prompts import PromptDataConfig, load_prompts  # noqa: E402
 from tunekit.fast import FastPathConfig, enable_fast_paths  # noqa: E402
-from tunekit.fast.decode import Sampler, decode, lean_decoder  # noqa: E402
+from tunekit.fast.decode import decode, lean_decoder  # noqa: E402
 from tunekit.fast.packed_decode import packed_linears  # noqa: E402
+from tunekit.fast.sampling import Sampler  # noqa: E402
 from tunekit.models.adapters import AdapterConfig, apply_adapter  # noqa: E402
 from tunekit.models.load import ModelConfig, load_model, load_tokenizer  # noqa: E402
 from tunekit.rl import rollout  # noqa: E402

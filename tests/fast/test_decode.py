@@ -5,8 +5,9 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from tunekit.fast.decode import Sampler, decode, decode_turn, lean_decoder
+from tunekit.fast.decode import decode, decode_turn, lean_decoder
 from tunekit.fast.packed_decode import packed_linears
+from tunekit.fast.sampling import Sampler
 from tunekit.models.adapters import AdapterConfig, apply_adapter
 from tunekit.models.load import ModelConfig, load_model
 from tunekit.models.tiny import tiny_model_path

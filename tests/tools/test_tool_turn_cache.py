@@ -7,7 +7,7 @@ from tests.tools import scripted
 from tunekit.data.formats import render_chat
 from tunekit.data.prompts import PromptExample
 from tunekit.fast import FastPathConfig, enable_fast_paths
-from tunekit.fast.decode import Sampler
+from tunekit.fast.sampling import Sampler
 from tunekit.models.load import ModelConfig, load_model, load_tokenizer
 from tunekit.models.tiny import tiny_model_path
 from tunekit.rl import rollout as rollout_module

@@ -119,9 +119,8 @@ def text_corpus(n: int, seed: int = 0, split: Split = "train") -> list[dict[str,
 
 
 # ------------------------------------------------------------------------------ arithmetic too big to do unaided
-# Two-digit sums, differences and products: beyond the one-digit arithmetic the embedded tiny model learns, within
-# reach of copying the numbers into a calculator call and its answer into the reply (docs/tools.md). (Four-digit
-# operands were tried first: the tiny model did not learn to copy them within 375 SFT steps.)
+# Two-digit sums, differences and products: beyond the arithmetic the embedded tiny model can do itself, within
+# reach of copying the numbers into a calculator call and its answer into the reply (docs/tools.md).
 BIG_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
@@ -135,7 +134,7 @@ def _big_problems(rng: random.Random, split: Split) -> Iterator[tuple[str, str, 
         # Written without spaces, so that every number is its digits wherever it stands: the tiny tokenizer merges
         # " 10" to " 40" into single tokens, and "(97 - 37)" put a rare token where "(97 - 73)" puts two digits.
         # Copying digits into the call and back into the reply is the plain induction a small model learns early;
-        # copying those rare merged tokens it did not learn (docs/results.md, tool use).
+        # copying rare merged tokens it does not learn (docs/results.md, tool use).
         expression = f"{a}{op}{b}"
         question = f"What is ({expression})?"
         if split == "all" or is_held_out(question) == (split == "held_out"):

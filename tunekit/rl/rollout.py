@@ -19,8 +19,9 @@ import torch
 from tunekit.data.prompts import PromptExample
 from tunekit.errors import require
 from tunekit.fast import COMPILED, fast_paths_of
-from tunekit.fast.decode import KVContext, Sampler, decode_turn, rollout_decoder
+from tunekit.fast.decode import KVContext, decode_turn, rollout_decoder
 from tunekit.fast.packed_decode import packed_linears
+from tunekit.fast.sampling import Sampler
 from tunekit.losses.sft import IGNORE_INDEX
 from tunekit.models.reference import unwrap
 
